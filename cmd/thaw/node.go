@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/thaw-dev/thaw/metrics"
+	"github.com/thaw-dev/thaw/puller/api"
+	"github.com/thaw-dev/thaw/puller/catalog"
+	"github.com/thaw-dev/thaw/puller/ctrimport"
+	"github.com/thaw-dev/thaw/puller/fetch"
+	"github.com/thaw-dev/thaw/puller/mirror"
+	"github.com/thaw-dev/thaw/puller/prefetch"
+	"github.com/thaw-dev/thaw/puller/store"
+	"github.com/thaw-dev/thaw/puller/upstream"
+)
+
+// nodeConfig is everything `thaw daemon` takes.
+type nodeConfig struct {
+	DataDir         string
+	MirrorAddr      string
+	MetricsAddr     string
+	APIAddr         string // unix socket path, or host:port
+	Insecure        []string
+	Auths           map[string]authn.AuthConfig
+	DefaultRegistry string
+	Quota           int64 // 0: half the data directory's file system
+	Resolver        catalog.ResolverConfig
+	Concurrency     int
+}
+
+// node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
+type node struct {
+	cfg      nodeConfig
+	log      *slog.Logger
+	store    *store.Store
+	upstream *upstream.Registry
+	fetcher  *fetch.Fetcher
+	api      *api.Server
+	servers  []*server
+}
+
+type server struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// newNode wires a daemon and opens its listeners, so that addresses given as
+// port 0 are known (Addr) before Run.
+func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, err error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	quota := cfg.Quota
+	if quota == 0 {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(cfg.DataDir, &fs); err != nil {
+			return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+		}
+		quota = int64(fs.Blocks) * fs.Bsize / 2
+	}
+	st, err := store.New(filepath.Join(cfg.DataDir, "store"), store.WithQuota(quota), store.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	cat, err := catalog.Open(filepath.Join(cfg.DataDir, "catalog.json"))
+	if err != nil {
+		return nil, err
+	}
+	upCfg := upstream.DefaultConfig()
+	upCfg.Insecure = cfg.Insecure
+	upCfg.Auths = cfg.Auths
+	up, err := upstream.New(upCfg, log)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	metrics.RegisterRuntime(reg)
+	m := metrics.NewPuller(reg)
+	metrics.RegisterStore(reg, st.Usage)
+
+	res, err := catalog.NewResolver(cfg.Resolver, cat, up, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	f, err := fetch.New(fetch.DefaultConfig(), st, up, up, m, log)
+	if err != nil {
+		return nil, err
+	}
+	mcfg := mirror.DefaultConfig()
+	if cfg.DefaultRegistry != "" {
+		mcfg.DefaultRegistry = cfg.DefaultRegistry
+	}
+	mir, err := mirror.New(mcfg, res, f, m, log)
+	if err != nil {
+		return nil, err
+	}
+	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f}
+	defer func() {
+		if err != nil {
+			n.closeListeners()
+		}
+	}()
+	mirrorLn, err := n.listen("mirror", "tcp", cfg.MirrorAddr, mir)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if _, err := n.listen("metrics", "tcp", cfg.MetricsAddr, mux); err != nil {
+		return nil, err
+	}
+	n.api = api.NewServer(api.Deps{
+		Store:      st,
+		Catalog:    cat,
+		Prefetcher: prefetch.New(res, f, st.Stat, cfg.Concurrency),
+		Importer:   ctrimport.New(mirrorLn.Addr().String(), log),
+		Status:     api.Status{Version: version, DataDir: cfg.DataDir, MirrorAddr: mirrorLn.Addr().String(), MetricsAddr: n.Addr("metrics")},
+		Log:        log,
+		Ctx:        ctx,
+	})
+	network := "tcp"
+	if strings.Contains(cfg.APIAddr, "/") {
+		network = "unix"
+		// A socket left by a daemon that died would make Listen fail.
+		if err := removeStaleSocket(cfg.APIAddr); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := n.listen("api", network, cfg.APIAddr, n.api); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Addr returns the address a server listens on.
+func (n *node) Addr(name string) string {
+	for _, s := range n.servers {
+		if s.name == name {
+			return s.ln.Addr().String()
+		}
+	}
+	return ""
+}
+
+func (n *node) listen(name, network, addr string, h http.Handler) (net.Listener, error) {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	n.servers = append(n.servers, &server{name: name, ln: ln, srv: &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}})
+	return ln, nil
+}
+
+func (n *node) closeListeners() {
+	for _, s := range n.servers {
+		s.ln.Close()
+	}
+}
+
+// Run serves until ctx is done, then shuts down: listeners close, requests in
+// flight get 5 s to finish, fetches stop with their partial blobs kept.
+func (n *node) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, s := range n.servers {
+		n.log.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
+		g.Go(func() error {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s server: %w", s.name, err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, s := range n.servers {
+			s.srv.Shutdown(shutdown)
+		}
+		n.api.Wait()
+		n.fetcher.Close()
+		n.upstream.Close()
+		return nil
+	})
+	return g.Wait()
+}
+
+func removeStaleSocket(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("api socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return fmt.Errorf("api socket %s: another thaw daemon is running", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("api socket %s: %w", path, err)
+	}
+	return nil
+}
