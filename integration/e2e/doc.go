@@ -14,6 +14,8 @@
 //	go test -tags e2e -count=1 -v -timeout 40m ./integration/e2e/
 //
 // THAW_E2E_BIN, if set, is a thaw binary to test instead of building one.
+// THAW_E2E_LOGS=1 prints the tail of every service's log, not only when a
+// test fails.
 //
 // The package owns starting and stopping those services and the assertions
 // on what crossed which process boundary; it does not test thaw's packages

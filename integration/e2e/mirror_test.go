@@ -21,11 +21,12 @@ type node struct {
 	img      testImage
 }
 
-func newNode(t *testing.T) *node {
+// newNode starts a node; thawArgs are extra flags for thaw daemon.
+func newNode(t *testing.T, thawArgs ...string) *node {
 	t.Helper()
 	start := time.Now()
 	n := &node{reg: startRegistry(t)}
-	n.thaw = startThaw(t, n.reg.addr)
+	n.thaw = startThaw(t, n.reg.addr, thawArgs...)
 	n.ctrd = startContainerd(t)
 	n.hostsDir = writeHostsDir(t, n.reg.addr, n.thaw.mirrorAddr)
 	n.img = pushTestImage(t, n.reg.addr)
@@ -64,15 +65,16 @@ func (n *node) assertStoreComplete(t *testing.T) {
 func TestPullThroughMirror(t *testing.T) {
 	n := newNode(t)
 
-	if out, err := n.ctrd.pull(t, n.hostsDir, n.img.ref); err != nil {
+	out, err := n.ctrd.pull(t, n.hostsDir, n.img.ref)
+	if err != nil {
 		t.Fatalf("pull through the mirror: %v", err)
-	} else {
-		t.Logf("ctr images pull:\n%s", out)
 	}
+	t.Logf("ctr images pull:\n%s", ctrSummary(out))
 
 	// The bytes went through thaw: it fetched the whole image upstream and
 	// served it to containerd.
 	c := n.thaw.counters(t)
+	t.Logf("thaw counters: %+v", c)
 	if c.FetchedUpstream < n.img.size {
 		t.Errorf("thaw_fetched_bytes_total{source=upstream} = %d, want >= %d (the image's blobs)", c.FetchedUpstream, n.img.size)
 	}
@@ -97,9 +99,11 @@ func TestPullThroughMirror(t *testing.T) {
 
 // TestPullFromStoreWithRegistryDown: once thaw has an image, containerd can
 // pull it again with the registry gone, and thaw serves it from its store
-// without going upstream.
+// without going upstream. The tag TTL is tiny, as if the outage had lasted
+// longer than the default 30 s: the tag must resolve to its last known digest
+// (--serve-stale-tags, on by default).
 func TestPullFromStoreWithRegistryDown(t *testing.T) {
-	n := newNode(t)
+	n := newNode(t, "--tag-ttl", "1ns")
 	if _, err := n.ctrd.pull(t, n.hostsDir, n.img.ref); err != nil {
 		t.Fatalf("first pull: %v", err)
 	}
@@ -120,19 +124,30 @@ func TestPullFromStoreWithRegistryDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pull with the registry down: %v", err)
 	}
-	t.Logf("ctr images pull, registry down:\n%s", out)
+	t.Logf("ctr images pull, registry down:\n%s", ctrSummary(out))
 
 	after := n.thaw.counters(t)
+	t.Logf("thaw counters before the second pull: %+v, after: %+v", before, after)
 	if got := after.ServedCache - before.ServedCache; got < n.img.size {
 		t.Errorf("thaw served %d bytes from its store during the second pull, want >= %d (the image's blobs)", got, n.img.size)
 	}
 	if got := after.FetchedUpstream - before.FetchedUpstream; got != 0 {
 		t.Errorf("thaw fetched %d bytes upstream during the second pull, want 0: the registry was down", got)
 	}
+	if after.StaleTags <= before.StaleTags {
+		t.Errorf("thaw_stale_tag_resolutions_total did not grow (%d): the tag should have resolved to its last known digest", after.StaleTags)
+	}
 	if missing := containsAll(n.ctrd.content(t), n.img.blobs...); len(missing) > 0 {
 		t.Errorf("containerd lacks blobs %v after the second pull", missing)
 	}
 	n.assertRuns(t)
+
+	// What containerd saw, on the wire: the mirror says where a blob came from.
+	for _, d := range n.img.layers {
+		if src := n.thaw.blobSource(t, n.reg.addr, "e2e/hello", d); src != "cache" {
+			t.Errorf("GET blob %s from the mirror: X-Thaw-Source = %q, want cache", d, src)
+		}
+	}
 }
 
 // TestPrefetchIntoContainerd: thaw prefetch --containerd imports the image
@@ -154,8 +169,15 @@ func TestPrefetchIntoContainerd(t *testing.T) {
 	n.assertRuns(t)
 
 	n.assertStoreComplete(t)
-	if c := n.thaw.counters(t); c.FetchedUpstream < n.img.size {
+	// The prefetch fetched the image upstream; the import then read it from
+	// thaw's store through the mirror.
+	c := n.thaw.counters(t)
+	t.Logf("thaw counters: %+v", c)
+	if c.FetchedUpstream < n.img.size {
 		t.Errorf("thaw_fetched_bytes_total{source=upstream} = %d, want >= %d (the image's blobs)", c.FetchedUpstream, n.img.size)
+	}
+	if c.ServedCache < n.img.size {
+		t.Errorf("thaw_served_bytes_total{source=cache} = %d, want >= %d: the import should have read every blob from thaw's store", c.ServedCache, n.img.size)
 	}
 	imgs := n.thaw.images(t)
 	if !slices.ContainsFunc(imgs, func(i storeImage) bool { return i.Ref == n.img.ref && i.Digest == n.img.digest }) {
@@ -183,7 +205,7 @@ func TestFallbackToRegistryWhenThawIsDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pull with thaw down: %v", err)
 	}
-	t.Logf("ctr images pull, thaw down (%.1fs):\n%s", time.Since(start).Seconds(), out)
+	t.Logf("ctr images pull, thaw down (%.1fs):\n%s", time.Since(start).Seconds(), ctrSummary(out))
 
 	// containerd fetched the blobs from the registry itself.
 	if missing := containsAll(n.reg.blobGETs(t, "containerd/"), n.img.layers...); len(missing) > 0 {

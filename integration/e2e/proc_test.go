@@ -31,7 +31,7 @@ type process struct {
 
 // startProcess starts bin in its own process group with output to
 // <dir>/<name>.log, and registers a cleanup that stops it (and prints the
-// log's tail if the test failed).
+// log's tail if the test failed or THAW_E2E_LOGS is set).
 func startProcess(t *testing.T, dir, name string, env []string, bin string, args ...string) *process {
 	t.Helper()
 	logPath := filepath.Join(dir, name+".log")
@@ -55,7 +55,7 @@ func startProcess(t *testing.T, dir, name string, env []string, bin string, args
 	}()
 	t.Cleanup(func() {
 		p.stop(t)
-		if t.Failed() {
+		if t.Failed() || os.Getenv("THAW_E2E_LOGS") != "" {
 			t.Logf("--- last lines of %s (%s) ---\n%s", name, logPath, tail(logPath, 40))
 		}
 	})

@@ -253,7 +253,9 @@ type thawDaemon struct {
 	proc        *process
 }
 
-func startThaw(t *testing.T, insecureRegistry string) *thawDaemon {
+// startThaw starts a daemon that may reach insecureRegistry over plain HTTP;
+// extra are further daemon flags.
+func startThaw(t *testing.T, insecureRegistry string, extra ...string) *thawDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &thawDaemon{
@@ -266,7 +268,7 @@ func startThaw(t *testing.T, insecureRegistry string) *thawDaemon {
 	if err := os.MkdirAll(dockerConfig, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d.proc = startProcess(t, dir, "thaw", cleanEnv("DOCKER_CONFIG="+dockerConfig), thawBin,
+	args := append([]string{
 		"daemon",
 		"--data-dir", d.dataDir,
 		"--api", d.api,
@@ -274,7 +276,8 @@ func startThaw(t *testing.T, insecureRegistry string) *thawDaemon {
 		"--metrics-addr", d.metricsAddr,
 		"--insecure-registry", insecureRegistry,
 		"--log-level", "debug",
-	)
+	}, extra...)
+	d.proc = startProcess(t, dir, "thaw", cleanEnv("DOCKER_CONFIG="+dockerConfig), thawBin, args...)
 	d.proc.waitFor(t, "answering on mirror and metrics", 20*time.Second, func() error {
 		if err := wantStatus200("http://" + d.mirrorAddr + "/v2/")(); err != nil {
 			return err
@@ -294,6 +297,25 @@ func (d *thawDaemon) cli(t *testing.T, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// blobSource GETs a blob from the mirror as containerd would and returns the
+// X-Thaw-Source header of the answer.
+func (d *thawDaemon) blobSource(t *testing.T, registry, repo, digest string) string {
+	t.Helper()
+	url := "http://" + d.mirrorAddr + "/v2/" + repo + "/blobs/" + digest + "?ns=" + registry
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	return resp.Header.Get("X-Thaw-Source")
 }
 
 // storeBlob is an entry of `thaw images --blobs --json`.
@@ -334,9 +356,11 @@ func (d *thawDaemon) images(t *testing.T) []storeImage {
 	return list
 }
 
-// byteCounters are thaw's byte counters by source, from /metrics.
+// byteCounters are thaw's byte counters by source, and its count of tags
+// answered with a stale digest, from /metrics.
 type byteCounters struct {
 	FetchedUpstream, ServedCache, ServedUpstream int64
+	StaleTags                                    int64
 }
 
 func (d *thawDaemon) counters(t *testing.T) byteCounters {
@@ -346,6 +370,7 @@ func (d *thawDaemon) counters(t *testing.T) byteCounters {
 		FetchedUpstream: int64(m[`thaw_fetched_bytes_total{source="upstream"}`]),
 		ServedCache:     int64(m[`thaw_served_bytes_total{source="cache"}`]),
 		ServedUpstream:  int64(m[`thaw_served_bytes_total{source="upstream"}`]),
+		StaleTags:       int64(m[`thaw_stale_tag_resolutions_total`]),
 	}
 }
 
@@ -401,6 +426,18 @@ func writeHostsDir(t *testing.T, registry, mirror string) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// ctrSummary drops the progress table from ctr pull's output, keeping the
+// lines a reader wants: fallbacks, unpacking, done.
+func ctrSummary(out string) string {
+	var keep []string
+	for line := range strings.SplitSeq(out, "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.Contains(line, "|") && !strings.HasPrefix(line, "elapsed:") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 func containsAll(have []string, want ...string) []string {

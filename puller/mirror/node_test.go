@@ -40,7 +40,7 @@ type origin struct {
 	wrap    func(w http.ResponseWriter, r *http.Request, next http.Handler) bool
 }
 
-func newOrigin(t *testing.T) *origin {
+func newOrigin(t testing.TB) *origin {
 	t.Helper()
 	o := &origin{blobGET: map[string]int64{}}
 	reg := registry.New(registry.Logger(slog.NewLogLogger(slog.DiscardHandler, 0)))
@@ -133,7 +133,7 @@ type nodeOptions struct {
 	defaultNS string
 }
 
-func newNode(t *testing.T, o nodeOptions) *node {
+func newNode(t testing.TB, o nodeOptions) *node {
 	t.Helper()
 	if o.dir == "" {
 		o.dir = t.TempDir()

@@ -24,8 +24,12 @@ var errOpenRangeRefused = errors.New("origin refused an open-ended range")
 // follows redirects to blob storage. A resume (offset > 0) asks for
 // "Range: bytes=<offset>-"; when the origin ignores the range and sends the
 // whole blob (200), the first offset bytes are read and discarded, which
-// costs bandwidth but still hands back exactly the bytes asked for. An answer
-// without a known total size is an error. Errors reading the returned body
+// costs bandwidth but still hands back exactly the bytes asked for. When the
+// origin refuses the open-ended range without telling the size (as
+// go-containerregistry's registry does), FetchBlob learns the size with HEAD
+// and asks for "bytes=<offset>-<size-1>". An offset equal to the size gives an
+// empty body; a larger one wraps puller.ErrSizeMismatch. An answer without a
+// known total size is an error. Errors reading the returned body
 // are classified like the others (a connection lost mid-blob wraps
 // puller.ErrUnavailable), so the caller can resume from where it got to.
 func (r *Registry) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64) (io.ReadCloser, int64, error) {
@@ -46,7 +50,7 @@ func (r *Registry) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.
 		var total int64
 		total, err = r.blobSize(ctx, repo, dgst)
 		switch {
-		case err != nil:
+		case err != nil: // reported below
 		case offset == total:
 			return http.NoBody, total, nil
 		case offset > total:

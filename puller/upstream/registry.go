@@ -166,6 +166,9 @@ func (r *Registry) roundTripper(ctx context.Context, repo name.Repository) (http
 	if r.isClosed() {
 		return nil, ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // do not start a setup nobody waits for
+	}
 	key := repo.Name()
 	if rt, ok := r.transports.get(key); ok {
 		return rt, nil
