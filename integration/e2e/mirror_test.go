@@ -28,7 +28,7 @@ func newNode(t *testing.T, thawArgs ...string) *node {
 	n := &node{reg: startRegistry(t)}
 	n.thaw = startThaw(t, n.reg.addr, thawArgs...)
 	n.ctrd = startContainerd(t)
-	n.hostsDir = writeHostsDir(t, n.reg.addr, n.thaw.mirrorAddr)
+	n.hostsDir = writeHostsDir(t, "registry.example.com", n.reg.addr, n.reg.addr, n.thaw.mirrorAddr)
 	n.img = pushTestImage(t, n.reg.addr)
 	t.Logf("registry %s, thaw mirror %s, containerd %s: up in %.1fs", n.reg.addr, n.thaw.mirrorAddr, n.ctrd.sock, time.Since(start).Seconds())
 	return n
@@ -210,6 +210,34 @@ func TestFallbackToRegistryWhenThawIsDown(t *testing.T) {
 	// containerd fetched the blobs from the registry itself.
 	if missing := containsAll(n.reg.blobGETs(t, "containerd/"), n.img.layers...); len(missing) > 0 {
 		t.Errorf("the registry did not serve layers %v to containerd directly", missing)
+	}
+	n.assertRuns(t)
+}
+
+// TestDefaultHostsFile: the catch-all certs.d/_default/hosts.toml, which has
+// no server line, sends a registry without a directory of its own through
+// thaw, and falls back to the registry named in the image when thaw is down.
+func TestDefaultHostsFile(t *testing.T) {
+	n := newNode(t)
+	n.hostsDir = writeHostsDir(t, "_default", "_default", n.reg.addr, n.thaw.mirrorAddr)
+
+	if _, err := n.ctrd.pull(t, n.hostsDir, n.img.ref); err != nil {
+		t.Fatalf("pull through the mirror: %v", err)
+	}
+	if c := n.thaw.counters(t); c.FetchedUpstream < n.img.size {
+		t.Errorf("thaw_fetched_bytes_total{source=upstream} = %d, want >= %d: the pull did not go through thaw", c.FetchedUpstream, n.img.size)
+	}
+	if reqs := n.reg.requestsFrom(t, "containerd/"); len(reqs) > 0 {
+		t.Errorf("containerd bypassed the mirror and asked the registry directly: %+v", reqs)
+	}
+
+	n.ctrd.ctr(t, "images", "rm", "--sync", n.img.ref)
+	n.thaw.proc.kill(t)
+	if _, err := n.ctrd.pull(t, n.hostsDir, n.img.ref); err != nil {
+		t.Fatalf("pull with thaw down: %v", err)
+	}
+	if missing := containsAll(n.reg.blobGETs(t, "containerd/"), n.img.layers...); len(missing) > 0 {
+		t.Errorf("with thaw down, the registry did not serve layers %v to containerd directly", missing)
 	}
 	n.assertRuns(t)
 }

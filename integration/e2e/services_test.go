@@ -401,28 +401,29 @@ func (d *thawDaemon) metrics(t *testing.T) map[string]float64 {
 	return series
 }
 
-// writeHostsDir writes <dir>/<registry>/hosts.toml sending pulls of registry
-// to the mirror first and to the registry itself when the mirror fails. The
-// file is deploy/containerd's generic example with its addresses replaced, so
-// that the documented example is the one under test.
-func writeHostsDir(t *testing.T, registry, mirror string) string {
+// writeHostsDir writes a hosts directory for containerd with one file,
+// <dir>/<hostDir>/hosts.toml: deploy/containerd's example certs.d/<example>
+// with its addresses replaced by registry's and mirror's, so that the
+// documented examples are the ones under test.
+func writeHostsDir(t *testing.T, example, hostDir, registry, mirror string) string {
 	t.Helper()
-	example, err := os.ReadFile(filepath.Join("..", "..", "deploy", "containerd", "certs.d", "registry.example.com", "hosts.toml"))
+	src := filepath.Join("..", "..", "deploy", "containerd", "certs.d", example, "hosts.toml")
+	b, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	toml := strings.NewReplacer(
 		"https://registry.example.com", "http://"+registry,
 		"http://127.0.0.1:5050", "http://"+mirror,
-	).Replace(string(example))
-	if !strings.Contains(toml, "http://"+registry) || !strings.Contains(toml, "http://"+mirror) {
-		t.Fatalf("the example hosts.toml no longer has the addresses this test replaces:\n%s", example)
+	).Replace(string(b))
+	if !strings.Contains(toml, "http://"+mirror) {
+		t.Fatalf("%s no longer names thaw's default mirror address http://127.0.0.1:5050, which this test replaces:\n%s", src, b)
 	}
 	dir := filepath.Join(t.TempDir(), "certs.d")
-	if err := os.MkdirAll(filepath.Join(dir, registry), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, hostDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, registry, "hosts.toml"), []byte(toml), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, hostDir, "hosts.toml"), []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return dir
