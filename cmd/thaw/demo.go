@@ -155,9 +155,8 @@ func pullThrough(ctx context.Context, out io.Writer, c *http.Client, mirrorAddr 
 	}
 	resp.Body.Close()
 	dgst := resp.Header.Get("Docker-Content-Digest")
-	fmt.Fprintf(out, "  tag %-10s -> %s\n", ref.Identifier(), dgst[:19])
+	fmt.Fprintf(out, "  tag %-10s -> %s resolved: %s, manifest: %s\n", ref.Identifier(), dgst[:19], resp.Header.Get(mirror.ResolvedHeader), resp.Header.Get(mirror.SourceHeader))
 
-	start := time.Now()
 	resp, err = get(http.MethodGet, base+"/manifests/"+dgst+ns)
 	if err != nil {
 		return err
@@ -167,7 +166,6 @@ func pullThrough(ctx context.Context, out io.Writer, c *http.Client, mirrorAddr 
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
-	fmt.Fprintf(out, "  manifest       %-9s %8s in %s\n", resp.Header.Get(mirror.SourceHeader), "", time.Since(start).Round(time.Microsecond))
 	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
 		start := time.Now()
 		resp, err := get(http.MethodGet, base+"/blobs/"+d.Digest.String()+ns)

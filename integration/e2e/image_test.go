@@ -33,12 +33,13 @@ const dataSize = 2 << 20
 // with a static entrypoint, and a layer of random data whose digest the
 // entrypoint prints.
 type testImage struct {
-	ref    string   // registry/repo:tag, as containerd names it
-	digest string   // the manifest's digest
-	blobs  []string // config and layer digests
-	layers []string // layer digests
-	size   int64    // bytes of config and layers, as stored in the registry
-	output string   // the line the container prints when it runs
+	ref    string           // registry/repo:tag, as containerd names it
+	digest string           // the manifest's digest
+	blobs  []string         // config and layer digests
+	sizes  map[string]int64 // blob digest → size
+	layers []string         // layer digests
+	size   int64            // bytes of config and layers, as stored in the registry
+	output string           // the line the container prints when it runs
 }
 
 func pushTestImage(t *testing.T, registry string) testImage {
@@ -99,7 +100,7 @@ func pushTestImage(t *testing.T, registry string) testImage {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 
-	ti := testImage{ref: ref.Name(), output: "thaw-e2e ready data=" + hex.EncodeToString(sum[:])}
+	ti := testImage{ref: ref.Name(), sizes: map[string]int64{}, output: "thaw-e2e ready data=" + hex.EncodeToString(sum[:])}
 	dgst, err := img.Digest()
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +115,7 @@ func pushTestImage(t *testing.T, registry string) testImage {
 		t.Fatal(err)
 	}
 	ti.blobs = append(ti.blobs, cfgName.String())
+	ti.sizes[cfgName.String()] = int64(len(cfg))
 	ti.size += int64(len(cfg))
 	layers, err := img.Layers()
 	if err != nil {
@@ -130,6 +132,7 @@ func pushTestImage(t *testing.T, registry string) testImage {
 		}
 		ti.layers = append(ti.layers, d.String())
 		ti.blobs = append(ti.blobs, d.String())
+		ti.sizes[d.String()] = n
 		ti.size += n
 	}
 	t.Logf("pushed %s (%s): %d layers, %d bytes of blobs", ti.ref, ti.digest, len(ti.layers), ti.size)

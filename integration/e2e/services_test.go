@@ -116,20 +116,28 @@ func (r *registry) requests(t *testing.T) []request {
 	return reqs
 }
 
-// blobGETs returns the digests of blobs the registry served (GET, 200 or 206)
-// to clients whose user agent contains agent.
-func (r *registry) blobGETs(t *testing.T, agent string) []string {
+// missingBlobGETs returns those of digests that the registry has not served
+// (GET, 200 or 206) to a client whose user agent contains agent. The registry
+// logs a request just after writing its last byte, so a client can be done
+// before the line is written: it polls for up to 5 s before reporting any.
+func (r *registry) missingBlobGETs(t *testing.T, agent string, digests ...string) []string {
 	t.Helper()
-	var digests []string
-	for _, req := range r.requests(t) {
-		_, dgst, ok := strings.Cut(req.Path, "/blobs/")
-		if !ok || req.Method != http.MethodGet || (req.Status != 200 && req.Status != 206) || !strings.Contains(req.UserAgent, agent) {
-			continue
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var served []string
+		for _, req := range r.requests(t) {
+			_, dgst, ok := strings.Cut(req.Path, "/blobs/")
+			if ok && req.Method == http.MethodGet && (req.Status == 200 || req.Status == 206) && strings.Contains(req.UserAgent, agent) {
+				dgst, _, _ = strings.Cut(dgst, "?")
+				served = append(served, dgst)
+			}
 		}
-		dgst, _, _ = strings.Cut(dgst, "?")
-		digests = append(digests, dgst)
+		missing := containsAll(served, digests...)
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return digests
 }
 
 // requestsFrom returns the requests whose user agent contains agent.

@@ -65,12 +65,14 @@ type Fetcher struct {
 }
 
 // fetch is one blob being brought in. started is closed once the ingestion
-// exists (readers may open the partial blob) or the fetch failed to start;
-// done once it finished. err is written before either is closed.
+// exists (readers may open the partial blob) or the fetch failed to start,
+// with startErr written before; done once it finished, with err written
+// before.
 type fetch struct {
-	started chan struct{}
-	done    chan struct{}
-	err     error
+	started  chan struct{}
+	startErr error
+	done     chan struct{}
+	err      error
 }
 
 // New returns a Fetcher. Close stops its fetches.
@@ -115,8 +117,8 @@ func (f *Fetcher) Open(ctx context.Context, repo name.Repository, dgst v1.Hash) 
 	case <-ctx.Done():
 		return nil, "", ctx.Err()
 	}
-	if ft.err != nil {
-		return nil, "", ft.err
+	if ft.startErr != nil {
+		return nil, "", ft.startErr
 	}
 	b, err := f.store.Open(ctx, dgst)
 	if err != nil {
@@ -172,10 +174,11 @@ func (f *Fetcher) start(repo name.Repository, dgst v1.Hash) *fetch {
 		f.mu.Lock()
 		delete(f.active, dgst)
 		f.mu.Unlock()
-		ft.err = err
 		if !started {
+			ft.startErr = err
 			close(ft.started)
 		}
+		ft.err = err
 		close(ft.done)
 	}()
 	return ft

@@ -116,9 +116,15 @@ func (m *Mirror) serveManifest(w *responseWriter, r *http.Request, req Request) 
 			writeError(w, err)
 			return
 		}
-		if res.Stale {
+		resolved := "upstream"
+		switch {
+		case res.Stale:
 			m.metrics.StaleServed.Inc()
+			resolved = "stale"
+		case res.Cached:
+			resolved = "cache"
 		}
+		w.Header().Set(ResolvedHeader, resolved)
 		dgst = res.Digest
 	}
 	body, mediaType, source, err := m.blobs.Manifest(ctx, req.Repo, dgst)
@@ -171,6 +177,11 @@ func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
 // SourceHeader names, on every manifest and blob answer, where its bytes came
 // from: cache (the node's store) or the fetcher's source (upstream, peer).
 const SourceHeader = "X-Thaw-Source"
+
+// ResolvedHeader says, on answers to a manifest asked by tag, how the tag was
+// resolved: upstream (asked the registry), cache (within the tag TTL) or stale
+// (the registry was unavailable; the last known digest).
+const ResolvedHeader = "X-Thaw-Resolved"
 
 // errMethod: the mirror is read-only.
 var errMethod = errors.New("the mirror is read-only")
