@@ -99,7 +99,7 @@ func (r *Resolver) Resolve(ctx context.Context, ref name.Reference) (Resolution,
 			return Resolution{Descriptor: descriptor(img), Stale: true}, nil
 		}
 	}
-	return Resolution{}, fmt.Errorf("resolve %s: %w", key, err)
+	return Resolution{}, err // the upstream names the reference already
 }
 
 func descriptor(img Image) puller.Descriptor {

@@ -198,7 +198,7 @@ func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error 
 	}
 	if err != nil {
 		at.end()
-		return fmt.Errorf("fetch blob %s: %w", dgst, err)
+		return err // source and store errors name the blob already
 	}
 	started()
 	log.Debug("fetch started", "offset", ing.Offset(), "size", size)
@@ -213,7 +213,7 @@ func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error 
 		if f.base.Err() != nil || attempt >= f.cfg.Retries ||
 			errors.Is(err, puller.ErrQuota) || errors.Is(err, puller.ErrSizeMismatch) || errors.Is(err, puller.ErrNotFound) {
 			ing.Abort(err, errors.Is(err, puller.ErrSizeMismatch))
-			return fmt.Errorf("fetch blob %s: %w", dgst, err)
+			return err
 		}
 		log.Warn("blob stream broke, resuming", "offset", ing.Offset(), "attempt", attempt+1, "err", err)
 		select {
@@ -225,7 +225,7 @@ func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error 
 	}
 	if err := ing.Commit(f.base); err != nil {
 		log.Error("blob refused", "err", err)
-		return fmt.Errorf("fetch blob %s: %w", dgst, err)
+		return err
 	}
 	f.metrics.PullDuration.WithLabelValues(f.cfg.SourceName).Observe(time.Since(begin).Seconds())
 	log.Debug("fetch complete", "seconds", time.Since(begin).Seconds())
