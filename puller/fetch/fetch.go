@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/thaw-dev/thaw/metrics"
@@ -26,14 +27,21 @@ type Config struct {
 	Retries int
 	// RetryBackoff is the wait before the first retry; it doubles after each.
 	RetryBackoff time.Duration
-	// SourceName labels the bytes this fetcher brings in (metrics.SourceUpstream).
+	// SourceName labels the blobs this fetcher brings in, in the mirror's
+	// metrics and X-Thaw-Source header (metrics.SourceUpstream).
 	SourceName string
+	// CountBytes counts fetched bytes in thaw_fetched_bytes_total under
+	// SourceName. A Source that counts its own bytes by origin (the peer
+	// network: peer or upstream) turns it off.
+	CountBytes bool
+	// OnCommit, if set, is called after a blob was verified and committed.
+	OnCommit func(dgst v1.Hash, size int64)
 }
 
 // DefaultConfig: a stream idle for 30 s is cut; three resumptions, 200 ms apart
 // at first.
 func DefaultConfig() Config {
-	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream}
+	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true}
 }
 
 // Validate reports a configuration that cannot work.
@@ -229,6 +237,9 @@ func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error 
 	}
 	f.metrics.PullDuration.WithLabelValues(f.cfg.SourceName).Observe(time.Since(begin).Seconds())
 	log.Debug("fetch complete", "seconds", time.Since(begin).Seconds())
+	if f.cfg.OnCommit != nil {
+		f.cfg.OnCommit(dgst, size)
+	}
 	return nil
 }
 
@@ -252,6 +263,11 @@ func (a attempt) end() {
 	a.idle.Stop()
 	a.cancel(nil)
 }
+
+// noCounter discards counts.
+type noCounter struct{ prometheus.Counter }
+
+func (noCounter) Add(float64) {}
 
 // ingest opens the ingestion of dgst and returns it with the blob's size. A
 // partial blob from an earlier run is resumed (body is nil: stream opens the
@@ -295,7 +311,10 @@ func (f *Fetcher) stream(at attempt, repo name.Repository, dgst v1.Hash, ing sto
 		}
 	}
 	defer body.Close()
-	counter := f.metrics.FetchedBytes.WithLabelValues(f.cfg.SourceName)
+	var counter prometheus.Counter = noCounter{}
+	if f.cfg.CountBytes {
+		counter = f.metrics.FetchedBytes.WithLabelValues(f.cfg.SourceName)
+	}
 	buf := make([]byte, 256<<10)
 	for ing.Offset() < size {
 		n, err := body.Read(buf)

@@ -141,7 +141,7 @@ func newNode(t testing.TB, o nodeOptions) *node {
 	if o.resolver == (catalog.ResolverConfig{}) {
 		o.resolver = catalog.DefaultResolverConfig()
 	}
-	if o.fetch == (fetch.Config{}) {
+	if o.fetch.IdleTimeout == 0 {
 		o.fetch = fetch.DefaultConfig()
 	}
 	log := slog.New(slog.DiscardHandler)

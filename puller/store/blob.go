@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -24,6 +25,10 @@ type stream struct {
 	mu     sync.Mutex
 	wake   *wakeup
 	failed error // the partial is gone for good (deleted, discarded, refused)
+	// interrupted is the error of the last ingestion that ended without a
+	// commit; reads of missing bytes fail with it until an ingestion resumes
+	// the partial, so no reader waits on a partial that nothing is writing.
+	interrupted error
 }
 
 // wakeup is one broadcast: ch is closed, after err is set, when the stream
@@ -86,11 +91,19 @@ func (s *stream) commit() {
 	s.mu.Unlock()
 }
 
-// interrupt hands err to the readers waiting now; later reads wait again, for
-// a later ingestion.
+// interrupt hands err to the readers waiting now, and to later reads of
+// missing bytes until resume.
 func (s *stream) interrupt(err error) {
 	s.mu.Lock()
+	s.interrupted = err
 	s.broadcastLocked(err)
+	s.mu.Unlock()
+}
+
+// resume records that an ingestion writes the partial again.
+func (s *stream) resume() {
+	s.mu.Lock()
+	s.interrupted = nil
 	s.mu.Unlock()
 }
 
@@ -126,8 +139,7 @@ func (s *stream) wait(ctx context.Context, closed <-chan struct{}, need int64) e
 			s.mu.Unlock()
 			return nil
 		}
-		if s.failed != nil {
-			err := s.failed
+		if err := cmp.Or(s.failed, s.interrupted); err != nil {
 			s.mu.Unlock()
 			return err
 		}

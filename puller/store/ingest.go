@@ -104,6 +104,7 @@ func (s *Store) startLocked(dgst v1.Hash, size int64) (*ingestion, error) {
 	}
 	w := &ingestion{s: s, e: e, st: e.st, f: f, h: sha256.New(), dgst: dgst, size: size, offset: fi.Size()}
 	e.ing = w
+	e.st.resume()
 	e.st.advance(w.offset)
 	return w, nil
 }

@@ -24,7 +24,10 @@ type Info struct {
 type Blob interface {
 	// ReadAt reads len(p) bytes at off. For a partial blob it blocks until the
 	// bytes have arrived, the ingestion fails (its error is returned), or the
-	// context given to Open is done. Reading past Size returns io.EOF as
+	// context given to Open is done. Once an ingestion ended without a commit,
+	// reads of missing bytes fail at once with its error until another
+	// ingestion resumes the partial; a partial found on disk at start-up, with
+	// no ingestion yet, waits for one. Reading past Size returns io.EOF as
 	// io.ReaderAt requires. The last byte of a partial blob is released only after
 	// the digest is verified, so a reader never receives a whole wrong blob.
 	ReadAt(p []byte, off int64) (int, error)

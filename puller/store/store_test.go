@@ -378,7 +378,8 @@ func TestEvictStalePartials(t *testing.T) {
 
 func TestDeleteWakesPartialReader(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newStore(t, t.TempDir())
+		dir := t.TempDir()
+		s := newStore(t, dir)
 		ctx := t.Context()
 		data, dgst := storetest.Random(50, 100)
 		ing, err := s.Ingest(ctx, dgst, 100)
@@ -389,6 +390,9 @@ func TestDeleteWakesPartialReader(t *testing.T) {
 			t.Fatalf("Write: %v", err)
 		}
 		ing.Abort(nil, false)
+		// A restarted store: the partial is on disk and no ingestion ever
+		// ended in this process, so a reader of missing bytes waits.
+		s = newStore(t, dir)
 		b, err := s.Open(ctx, dgst)
 		if err != nil {
 			t.Fatalf("Open: %v", err)

@@ -617,15 +617,20 @@ func testWaitingReaderGetsAbortError(t *testing.T, newStore NewStore) {
 			t.Fatalf("waiting ReadAt after Abort = %d, %v; want the Abort error", r.n, r.err)
 		}
 
+		// With no ingestion, a read of missing bytes fails at once with the
+		// Abort error rather than waiting for a writer that may never come.
+		if n, err := b.ReadAt(p, 450); !errors.Is(err, cause) {
+			t.Fatalf("ReadAt(450..550) after Abort, no ingestion = %d, %v; want the Abort error", n, err)
+		}
 		// The same Blob reads on when a new ingestion resumes.
-		res = readAsync(b, p, 450)
-		synctest.Wait()
-		checkBlocked(t, res, "ReadAt(450..550) with no ingestion")
 		ing = mustIngest(t, s, dgst, 1000)
 		defer ing.Abort(nil, true)
 		if ing.Offset() != 500 {
 			t.Fatalf("resumed Offset = %d, want 500", ing.Offset())
 		}
+		res = readAsync(b, p, 450)
+		synctest.Wait()
+		checkBlocked(t, res, "ReadAt(450..550) with a resumed ingestion at 500")
 		mustWrite(t, ing, data[500:])
 		if r := <-res; r.n != 100 || r.err != nil || !bytes.Equal(p, data[450:550]) {
 			t.Fatalf("ReadAt(450..550) after resume = %d, %v", r.n, r.err)
@@ -682,11 +687,15 @@ func testPartialOnDiskReadable(t *testing.T, newStore NewStore) {
 		if n, err := b.ReadAt(p, 0); n != 300 || err != nil || !bytes.Equal(p, data[:300]) {
 			t.Fatalf("ReadAt(present bytes) = %d, %v", n, err)
 		}
-		res := readAsync(b, make([]byte, 1000), 0)
-		synctest.Wait()
-		checkBlocked(t, res, "ReadAt(all) of a partial with no ingestion")
+		// Missing bytes of a partial whose ingestion ended fail at once.
+		if n, err := b.ReadAt(make([]byte, 1000), 0); err == nil {
+			t.Fatalf("ReadAt(all) of an aborted partial with no ingestion = %d, nil; want the abort error", n)
+		}
 		ing = mustIngest(t, s, dgst, 1000)
 		defer ing.Abort(nil, true)
+		res := readAsync(b, make([]byte, 1000), 0)
+		synctest.Wait()
+		checkBlocked(t, res, "ReadAt(all) of a resumed partial")
 		mustWrite(t, ing, data[300:])
 		if err := ing.Commit(ctx); err != nil {
 			t.Fatalf("Commit: %v", err)
