@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -22,7 +23,8 @@ func applyConfig(cmd *cobra.Command, file string) (map[string]any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config file: %w", err)
 		}
-		if err := yaml.Unmarshal(b, &fileValues); err != nil {
+		// Numbers stay as written: as float64, 1000000 would print as 1e+06.
+		if err := yaml.Unmarshal(b, &fileValues, func(d *json.Decoder) *json.Decoder { d.UseNumber(); return d }); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", file, err)
 		}
 	}

@@ -111,11 +111,11 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		return nil, err
 	}
 	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f}
-	defer func() {
+	defer func(n *node) { // n itself is nil once an error is returned
 		if err != nil {
 			n.closeListeners()
 		}
-	}()
+	}(n)
 	mirrorLn, err := n.listen("mirror", "tcp", cfg.MirrorAddr, mir)
 	if err != nil {
 		return nil, err

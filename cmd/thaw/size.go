@@ -27,7 +27,7 @@ func (s *byteSize) Set(v string) error {
 		}
 	}
 	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 {
+	if err != nil || !(f >= 0 && f*float64(factor) < 1<<63) { // also NaN, Inf, overflow
 		return fmt.Errorf("size %q: want a number of bytes, optionally with KB, MB, GB, TB, KiB, MiB, GiB or TiB", v)
 	}
 	*s = byteSize(f * float64(factor))

@@ -36,18 +36,22 @@ type Config struct {
 	CountBytes bool
 	// OnCommit, if set, is called after a blob was verified and committed.
 	OnCommit func(dgst v1.Hash, size int64)
+	// ManifestTimeout bounds a manifest fetch, which runs detached from the
+	// requests that share it.
+	ManifestTimeout time.Duration
 }
 
 // DefaultConfig: a stream idle for 30 s is cut; three resumptions, 200 ms apart
 // at first.
 func DefaultConfig() Config {
-	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true}
+	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true, ManifestTimeout: 30 * time.Second}
 }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	if c.IdleTimeout <= 0 || c.Retries < 0 || c.RetryBackoff < 0 || c.SourceName == "" {
-		return fmt.Errorf("fetch: idle timeout must be > 0, retries and backoff >= 0, source name set (got %+v)", c)
+	if c.IdleTimeout <= 0 || c.ManifestTimeout <= 0 || c.Retries < 0 || c.RetryBackoff < 0 || c.SourceName == "" {
+		return fmt.Errorf("fetch: idle and manifest timeouts must be > 0, retries and backoff >= 0, source name set (got idle %s, manifest %s, retries %d, backoff %s, source %q)",
+			c.IdleTimeout, c.ManifestTimeout, c.Retries, c.RetryBackoff, c.SourceName)
 	}
 	return nil
 }

@@ -222,6 +222,17 @@ func sendRest(t *testing.T, s *stream, data []byte) {
 
 func nothing(*testing.T, *stream, []byte) {}
 
+// trickle sends the blob a chunk every gap of (fake) time.
+func trickle(gap time.Duration) script {
+	return func(t *testing.T, s *stream, data []byte) {
+		for off := s.offset; off < int64(len(data)); off += chunk {
+			time.Sleep(gap) // a slow source, in the bubble's fake time
+			s.send(t, data[off:min(off+chunk, int64(len(data)))])
+		}
+		s.w.Close()
+	}
+}
+
 func TestResumeAndFailure(t *testing.T) {
 	const size = 5 * chunk
 	tests := []struct {
@@ -243,6 +254,13 @@ func TestResumeAndFailure(t *testing.T) {
 			wantOffsets: []int64{0, chunk, 3 * chunk},
 			// backoff 1s, then 2s
 			wantElapsed: 3,
+		},
+		{
+			name:        "slow but steady stream is not cut",
+			retries:     0,
+			scripts:     []script{trickle(6 * time.Second)},
+			wantOffsets: []int64{0},
+			wantElapsed: 5 * 6,
 		},
 		{
 			name:        "stalled stream is cut after the idle timeout and resumed",
@@ -419,6 +437,7 @@ func TestDigestMismatchStoresNothing(t *testing.T) {
 		}()
 		ensureErr := make(chan error, 1)
 		go func() { _, err := e.fetcher.Ensure(context.Background(), repo, dgst); ensureErr <- err }()
+		synctest.Wait() // the reader and Ensure wait on the fetch
 		s := <-src.streams
 		s.send(t, wrong)
 		s.w.Close()
@@ -566,5 +585,53 @@ func TestErrorBeforeStartReachesCallers(t *testing.T) {
 	}
 	if got := metric(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": "unauthorized"}); got != 2 {
 		t.Fatalf("thaw_upstream_errors_total{kind=unauthorized} = %v, want 2", got)
+	}
+}
+
+func TestCountBytesAndOnCommit(t *testing.T) {
+	tests := []struct {
+		name        string
+		countBytes  bool
+		corrupt     bool
+		wantCounted float64
+		wantCommits int
+	}{
+		{"counted and committed", true, false, 3 * chunk, 1},
+		{"not counted", false, false, 0, 1},
+		{"refused blob is not committed", true, true, 3 * chunk, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				data, dgst := storetest.Random(10, 3*chunk)
+				if tt.corrupt {
+					data = bytes.Clone(data)
+					data[0] ^= 1
+				}
+				type commit struct {
+					dgst v1.Hash
+					size int64
+				}
+				var commits []commit
+				src := newFakeSource(int64(len(data)))
+				cfg := fetch.DefaultConfig()
+				cfg.CountBytes = tt.countBytes
+				cfg.OnCommit = func(d v1.Hash, size int64) { commits = append(commits, commit{d, size}) }
+				e := newEnv(t, cfg, nil, src, nil)
+
+				done := make(chan error, 1)
+				go func() { _, err := e.fetcher.Ensure(context.Background(), repo, dgst); done <- err }()
+				sendRest(t, <-src.streams, data)
+				if err := <-done; (err == nil) != !tt.corrupt {
+					t.Fatalf("Ensure = %v", err)
+				}
+				if got := metric(t, e.reg, "thaw_fetched_bytes_total", nil); got != tt.wantCounted {
+					t.Errorf("thaw_fetched_bytes_total = %v, want %v", got, tt.wantCounted)
+				}
+				if len(commits) != tt.wantCommits || tt.wantCommits == 1 && commits[0] != (commit{dgst, int64(len(data))}) {
+					t.Errorf("OnCommit calls %v, want %d for %s", commits, tt.wantCommits, dgst)
+				}
+			})
+		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/puller"
+	"github.com/thaw-dev/thaw/puller/store"
 )
 
 // Manifest returns the manifest dgst from the store, or fetches it (verified,
@@ -25,19 +26,31 @@ func (f *Fetcher) Manifest(ctx context.Context, repo name.Repository, dgst v1.Ha
 		return nil, "", "", err
 	}
 	f.metrics.CacheRequests.WithLabelValues("manifest", "miss").Inc()
-	v, err, _ := f.manifestGroup.Do(dgst.String(), func() (any, error) {
-		b, mt, err := f.manifests.Manifest(ctx, repo, dgst)
+	// The fetch is shared, so it must not die with the first caller's
+	// context: it runs detached, bounded by ManifestTimeout, and each caller
+	// waits for it as long as its own context allows.
+	ch := f.manifestGroup.DoChan(dgst.String(), func() (any, error) {
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ManifestTimeout)
+		defer cancel()
+		b, mt, err := f.manifests.Manifest(mctx, repo, dgst)
 		if err != nil {
 			f.metrics.UpstreamErrors.WithLabelValues(puller.ErrorKind(err)).Inc()
 			return nil, err
 		}
-		if err := f.storeManifest(ctx, dgst, b); err != nil {
+		if err := f.storeManifest(mctx, dgst, b); err != nil && !errors.Is(err, store.ErrExists) {
 			f.log.Warn("manifest not cached", "digest", dgst.String(), "err", err)
 		}
 		return [2]any{b, mt}, nil
 	})
-	if err != nil {
-		return nil, "", "", fmt.Errorf("manifest %s: %w", dgst, err)
+	var v any
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, "", "", res.Err // the upstream's error names the manifest
+		}
+		v = res.Val
+	case <-ctx.Done():
+		return nil, "", "", fmt.Errorf("manifest %s: %w", dgst, ctx.Err())
 	}
 	r := v.([2]any)
 	return r[0].([]byte), r[1].(string), f.cfg.SourceName, nil

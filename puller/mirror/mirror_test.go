@@ -244,7 +244,7 @@ func TestWrongDigestFromUpstream(t *testing.T) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(bad))
 		return true
 	})
-	n := newNode(t, nodeOptions{fetch: fetch.Config{IdleTimeout: 5 * time.Second, Retries: 0, SourceName: "upstream", CountBytes: true}})
+	n := newNode(t, nodeOptions{fetch: fetch.Config{IdleTimeout: 5 * time.Second, Retries: 0, SourceName: "upstream", CountBytes: true, ManifestTimeout: 5 * time.Second}})
 
 	resp, body := n.do(t, http.MethodGet, blobPath(ref, d), o.host, nil)
 	if resp.StatusCode == http.StatusOK && bytes.Equal(body, bad) {
@@ -417,7 +417,7 @@ func TestResumeAfterRestart(t *testing.T) {
 		panic(http.ErrAbortHandler)
 	})
 	dir := t.TempDir()
-	n := newNode(t, nodeOptions{dir: dir, fetch: fetch.Config{IdleTimeout: 5 * time.Second, Retries: 0, SourceName: "upstream", CountBytes: true}})
+	n := newNode(t, nodeOptions{dir: dir, fetch: fetch.Config{IdleTimeout: 5 * time.Second, Retries: 0, SourceName: "upstream", CountBytes: true, ManifestTimeout: 5 * time.Second}})
 	resp, body := n.do(t, http.MethodGet, blobPath(ref, d), o.host, nil)
 	if resp.StatusCode == http.StatusOK && bytes.Equal(body, want) {
 		t.Fatal("a cut download delivered the whole blob")
