@@ -1,0 +1,18 @@
+// Package swarm is the peer-to-peer data plane: it moves blobs between nodes
+// in pieces and implements puller.Source, so the node's fetcher pulls through
+// the cluster without knowing it.
+//
+// For each blob a node needs, it asks the coordinator (the Raft leader) to
+// name a seeder. The seeder alone streams the blob from the origin, hashing
+// each piece as it passes; every other node fetches pieces in parallel from
+// every holder, including holders still downloading, verifies each piece
+// against the digest the seeder (or a complete holder) published, and hands
+// the bytes to the fetcher in order. The piece the local reader waits for
+// comes first, then the rarest. A peer that serves wrong bytes is avoided; a
+// peer that stalls loses its pieces to others; when no peer makes progress
+// for FallbackAfter, or the leader cannot be reached, the node reads the rest
+// from the origin. Whole blobs are still verified by the store on commit.
+//
+// The package does not store blobs (the content store does) and does not keep
+// cluster state (p2p/cluster does).
+package swarm

@@ -1,0 +1,577 @@
+package swarm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/thaw-dev/thaw/metrics"
+	"github.com/thaw-dev/thaw/p2p"
+)
+
+// perPeer caps the pieces one download asks of one peer at once, so that a
+// download spreads over the holders.
+const perPeer = 2
+
+// avoidance is a peer this node does not ask, until a time.
+type avoidance struct{ until time.Time }
+
+// errBadPiece: a peer sent bytes that do not hash to the piece's digest.
+var errBadPiece = errors.New("piece digest mismatch")
+
+// errBusy: the peer refused the piece for now (upload cap, or the seeder
+// has sent it to enough peers already).
+var errBusy = errors.New("peer busy")
+
+// peerState is what a download knows of one holder.
+type peerState struct {
+	id       p2p.NodeID
+	addr     string
+	seeder   bool
+	have     []byte
+	version  int
+	trusted  bool
+	inflight int
+	fails    int
+	busy     map[int]time.Time // pieces it refused, until when
+	watching bool
+}
+
+// downloader brings one blob in from peers and is its reader: Read returns
+// the blob's bytes in order, from the offset asked.
+type downloader struct {
+	s      *Swarm
+	dgst   v1.Hash
+	repo   name.Repository
+	l      *local
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// reader side, owned by the caller of Read
+	cur      []byte
+	skip     int64
+	pos      int64
+	fallback io.ReadCloser
+	eof      bool
+
+	mu           sync.Mutex
+	next         int // next piece the reader takes
+	peers        map[p2p.NodeID]*peerState
+	inflight     map[int]p2p.NodeID
+	lastProgress time.Time
+	gaveUp       chan struct{} // closed when the swarm gives up
+	gaveUpErr    error
+	wake         chan struct{}
+}
+
+// download starts bringing dgst in from peers and returns its reader.
+func (s *Swarm) download(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64, st p2p.BlobState, holders []p2p.Holder) (io.ReadCloser, int64, error) {
+	size := st.Size
+	if size == 0 {
+		var err error
+		if size, err = s.probeSize(ctx, dgst, holders); err != nil {
+			s.log.Warn("no holder answered, fetching from the origin", "digest", dgst.String(), "err", err)
+			return s.fromOrigin(ctx, repo, dgst, offset, "fallback")
+		}
+	}
+	if offset > size {
+		return nil, 0, fmt.Errorf("blob %s: offset %d past its %d bytes", dgst, offset, size)
+	}
+	l := newLocal(size, s.cfg.PieceSize, false, false)
+	first := int(offset / s.cfg.PieceSize)
+	for i := range first {
+		l.have[i] = true // already in the store: a resumed download
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d := &downloader{
+		s: s, dgst: dgst, repo: repo, l: l, ctx: dctx, cancel: cancel,
+		skip: offset - int64(first)*s.cfg.PieceSize, pos: offset,
+		next: first, peers: map[p2p.NodeID]*peerState{}, inflight: map[int]p2p.NodeID{},
+		lastProgress: time.Now(), gaveUp: make(chan struct{}), wake: make(chan struct{}, 1),
+	}
+	d.addHolders(st.Seeder, holders)
+	s.register(dgst, l)
+	s.announce(dgst, size)
+	s.metrics.Blobs.WithLabelValues("swarm").Inc()
+	d.wg.Add(1)
+	go d.run()
+	return d, size, nil
+}
+
+// probeSize asks the holders' bitmaps for the blob's size, for up to
+// FallbackAfter: a seeder just named has no answer from the origin yet.
+func (s *Swarm) probeSize(ctx context.Context, dgst v1.Hash, holders []p2p.Holder) (int64, error) {
+	deadline := time.Now().Add(s.cfg.FallbackAfter)
+	var errs []error
+	for {
+		errs = errs[:0]
+		for _, h := range holders {
+			if s.avoided(h.Node) {
+				continue
+			}
+			b, err := s.getBitmap(ctx, h.PeerAddr, dgst, -1, 0, 0)
+			if err == nil && b.Size > 0 {
+				return b.Size, nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", h.Node, err))
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("blob %s: %w: %w", dgst, errNoPeers, errors.Join(errs...))
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// Read implements io.Reader: the blob in order, from the swarm or, once it
+// gave up, from the origin.
+func (d *downloader) Read(p []byte) (int, error) {
+	if d.fallback != nil {
+		n, err := d.fallback.Read(p)
+		d.pos += int64(n)
+		d.eof = d.pos == d.l.size
+		return n, err
+	}
+	if len(d.cur) == 0 {
+		d.mu.Lock()
+		next := d.next
+		d.mu.Unlock()
+		if next >= d.l.n {
+			d.eof = true
+			return 0, io.EOF
+		}
+		data, ok := d.l.take(next, d.gaveUp)
+		if !ok {
+			return d.fallBack(p)
+		}
+		d.cur = data[d.skip:]
+		d.skip = 0
+		d.mu.Lock()
+		d.next++
+		d.lastProgress = time.Now()
+		d.mu.Unlock()
+		d.poke()
+	}
+	n := copy(p, d.cur)
+	d.cur = d.cur[n:]
+	d.pos += int64(n)
+	d.eof = d.pos == d.l.size // the caller may stop at the size without reading EOF
+	return n, nil
+}
+
+// fallBack switches the reader to the origin at its current position.
+func (d *downloader) fallBack(p []byte) (int, error) {
+	d.mu.Lock()
+	why := d.gaveUpErr
+	d.mu.Unlock()
+	d.s.log.Warn("peers made no progress, reading the rest from the origin", "digest", d.dgst.String(), "offset", d.pos, "why", why)
+	body, _, err := d.s.fromOrigin(d.ctx, d.repo, d.dgst, d.pos, "fallback")
+	if err != nil {
+		return 0, fmt.Errorf("blob %s: swarm gave up (%v) and the origin failed: %w", d.dgst, why, err)
+	}
+	d.fallback = body
+	n, err := body.Read(p)
+	d.pos += int64(n)
+	return n, err
+}
+
+// Close stops the download. A blob read to the end stays registered for
+// peers until the store commits it (Swarm.OnCommit).
+func (d *downloader) Close() error {
+	d.cancel()
+	d.wg.Wait()
+	if !d.eof {
+		d.s.unregister(d.dgst, d.l)
+	}
+	if d.fallback != nil {
+		return d.fallback.Close()
+	}
+	return nil
+}
+
+func (d *downloader) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run schedules piece fetches until the blob is whole, the reader closes,
+// or no progress is made for FallbackAfter.
+func (d *downloader) run() {
+	defer d.wg.Done()
+	poll := time.NewTicker(d.s.cfg.PollInterval)
+	defer poll.Stop()
+	for {
+		d.schedule()
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-d.wake:
+		case <-poll.C:
+			d.refreshHolders()
+		}
+		d.mu.Lock()
+		done := d.next >= d.l.n
+		stalled := time.Since(d.lastProgress) > d.s.cfg.FallbackAfter
+		d.mu.Unlock()
+		if done {
+			return
+		}
+		if stalled {
+			d.giveUp(fmt.Errorf("no piece for %s", d.s.cfg.FallbackAfter))
+			return
+		}
+	}
+}
+
+func (d *downloader) giveUp(err error) {
+	d.mu.Lock()
+	if d.gaveUpErr == nil {
+		d.gaveUpErr = err
+		close(d.gaveUp)
+	}
+	d.mu.Unlock()
+}
+
+// refreshHolders learns new holders from the coordinator.
+func (d *downloader) refreshHolders() {
+	ctx, cancel := context.WithTimeout(d.ctx, d.s.cfg.CoordTimeout)
+	defer cancel()
+	st, err := d.s.coord.Blob(ctx, d.dgst)
+	if err != nil {
+		d.s.log.Debug("refreshing holders", "digest", d.dgst.String(), "err", err)
+		return
+	}
+	d.addHolders(st.Seeder, st.Holders)
+}
+
+// addHolders starts watching holders not watched yet.
+func (d *downloader) addHolders(seeder p2p.NodeID, holders []p2p.Holder) {
+	self := d.s.coord.Self().ID
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, h := range holders {
+		if h.Node == self || d.s.avoided(h.Node) {
+			continue
+		}
+		p, ok := d.peers[h.Node]
+		if !ok {
+			p = &peerState{id: h.Node, addr: h.PeerAddr, version: -1, busy: map[int]time.Time{}}
+			d.peers[h.Node] = p
+		}
+		p.seeder = h.Node == seeder
+		p.addr = h.PeerAddr
+		if !p.watching {
+			p.watching = true
+			d.wg.Add(1)
+			go d.watch(p)
+		}
+	}
+}
+
+// watch long-polls one holder's bitmap, learning its pieces and, from a
+// trusted holder, the piece digests.
+func (d *downloader) watch(p *peerState) {
+	defer d.wg.Done()
+	hashFrom := 0
+	backoff := 100 * time.Millisecond
+	for d.ctx.Err() == nil {
+		d.mu.Lock()
+		version, addr := p.version, p.addr
+		d.mu.Unlock()
+		b, err := d.s.getBitmap(d.ctx, addr, d.dgst, version, hashFrom, d.s.cfg.BitmapWait+d.s.cfg.StallTimeout)
+		if err != nil {
+			d.mu.Lock()
+			p.fails++
+			gone := p.fails > 5
+			if gone {
+				p.watching = false
+				delete(d.peers, p.id)
+			}
+			d.mu.Unlock()
+			if gone {
+				return
+			}
+			select {
+			case <-time.After(backoff):
+			case <-d.ctx.Done():
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if b.Size != d.l.size {
+			d.s.log.Warn("peer disagrees on the blob's size; ignoring it", "peer", p.id, "digest", d.dgst.String(), "size", b.Size)
+			d.mu.Lock()
+			delete(d.peers, p.id)
+			d.mu.Unlock()
+			return
+		}
+		if b.Trusted && b.HashFrom == hashFrom {
+			for k, h := range b.Hashes {
+				i := b.HashFrom + k
+				if h == "" || i >= d.l.n {
+					break
+				}
+				if !d.l.setHash(i, h) {
+					d.s.log.Warn("peers disagree on a piece digest", "peer", p.id, "piece", i)
+				}
+				hashFrom = i + 1
+			}
+		}
+		d.mu.Lock()
+		p.have, p.version, p.trusted, p.fails = b.Have, b.Version, b.Trusted, 0
+		d.mu.Unlock()
+		d.poke()
+	}
+}
+
+// schedule starts piece fetches up to Parallel.
+func (d *downloader) schedule() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	for len(d.inflight) < d.s.cfg.Parallel {
+		i, p := d.pickLocked(now)
+		if p == nil {
+			return
+		}
+		d.inflight[i] = p.id
+		p.inflight++
+		d.wg.Add(1)
+		go d.fetch(i, p, p.addr)
+	}
+}
+
+// pickLocked chooses the next piece and holder: the piece the reader waits
+// for first, then the rarest in the window; from a holder other than the
+// seeder when one has it (the seeder's uplink is for pieces nobody else
+// has), the least loaded one.
+func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
+	limit := min(d.next+d.s.cfg.Window, d.l.n)
+	bestI, bestRarity := -1, 0
+	var bestPeer *peerState
+	d.l.mu.Lock()
+	defer d.l.mu.Unlock()
+	for i := d.next; i < limit; i++ {
+		if d.l.have[i] || d.l.hashes[i] == "" {
+			continue
+		}
+		if _, busy := d.inflight[i]; busy {
+			continue
+		}
+		var choice *peerState
+		rarity := 0
+		for _, p := range d.peers {
+			if !has(p.have, i) {
+				continue
+			}
+			rarity++
+			if p.inflight >= perPeer || now.Before(p.busy[i]) {
+				continue
+			}
+			if choice == nil || better(p, choice) {
+				choice = p
+			}
+		}
+		if choice == nil {
+			continue
+		}
+		if i == d.next {
+			return i, choice
+		}
+		if bestPeer == nil || rarity < bestRarity || (rarity == bestRarity && rand.IntN(2) == 0) {
+			bestI, bestRarity, bestPeer = i, rarity, choice
+		}
+	}
+	return bestI, bestPeer
+}
+
+// better reports whether holder a is a better source than b.
+func better(a, b *peerState) bool {
+	if a.seeder != b.seeder {
+		return !a.seeder
+	}
+	if a.inflight != b.inflight {
+		return a.inflight < b.inflight
+	}
+	return rand.IntN(2) == 0
+}
+
+// fetch gets piece i from p and verifies it.
+func (d *downloader) fetch(i int, p *peerState, addr string) {
+	defer d.wg.Done()
+	start := time.Now()
+	want := d.l.hash(i)
+	data, err := d.s.getPiece(d.ctx, addr, d.dgst, i, d.l.pieceLen(i))
+	if err == nil {
+		sum := sha256.Sum256(data)
+		if hex.EncodeToString(sum[:]) != want {
+			err = fmt.Errorf("piece %d of %s from %s: %w", i, d.dgst, p.id, errBadPiece)
+		}
+	}
+	result := "ok"
+	d.mu.Lock()
+	delete(d.inflight, i)
+	p.inflight--
+	switch {
+	case err == nil:
+		p.fails = 0
+		d.lastProgress = time.Now()
+	case errors.Is(err, errBadPiece):
+		result = "bad"
+		delete(d.peers, p.id)
+		p.have = nil
+	case errors.Is(err, errBusy):
+		result = "busy"
+		p.busy[i] = time.Now().Add(250 * time.Millisecond)
+	case errors.Is(err, errStalled):
+		result = "stalled"
+		p.busy[i] = time.Now().Add(d.s.cfg.StallTimeout)
+	default:
+		result = "error"
+		p.fails++
+		p.busy[i] = time.Now().Add(time.Second)
+	}
+	d.mu.Unlock()
+	d.s.metrics.PieceDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		d.l.hold(i, data)
+		d.s.fetched.WithLabelValues(metrics.SourcePeer).Add(float64(len(data)))
+	case errors.Is(err, errBadPiece):
+		d.s.log.Warn("peer sent a bad piece; avoiding it", "peer", p.id, "piece", i, "digest", d.dgst.String())
+		d.s.avoidPeer(p.id)
+	case d.ctx.Err() == nil && !errors.Is(err, errBusy):
+		d.s.log.Debug("piece fetch failed", "peer", p.id, "piece", i, "err", err)
+	}
+	d.poke()
+}
+
+func (s *Swarm) avoided(id p2p.NodeID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.avoid[id]
+	if ok && time.Now().After(a.until) {
+		delete(s.avoid, id)
+		return false
+	}
+	return ok
+}
+
+func (s *Swarm) avoidPeer(id p2p.NodeID) {
+	s.mu.Lock()
+	s.avoid[id] = avoidance{until: time.Now().Add(s.cfg.AvoidFor)}
+	s.mu.Unlock()
+	s.metrics.BadPeers.Inc()
+}
+
+// errStalled: a piece request delivered no byte for StallTimeout.
+var errStalled = errors.New("peer stalled")
+
+// getPiece fetches piece i of dgst from the peer at addr.
+func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, size int64) ([]byte, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(s.cfg.StallTimeout, func() { cancel(errStalled) })
+	defer stall.Stop()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/p2p/v1/blobs/"+dgst.String()+"/pieces/"+strconv.Itoa(i), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(PeerHeader, string(s.coord.Self().ID))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, causeOr(ctx, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusServiceUnavailable, http.StatusNotFound:
+		return nil, fmt.Errorf("piece %d: %s: %w", i, resp.Status, errBusy)
+	default:
+		return nil, fmt.Errorf("piece %d: %s", i, resp.Status)
+	}
+	if resp.ContentLength != size {
+		return nil, fmt.Errorf("piece %d: %d bytes announced, want %d", i, resp.ContentLength, size)
+	}
+	data := make([]byte, size)
+	var got int64
+	for got < size {
+		n, err := resp.Body.Read(data[got:min(got+chunk, size)])
+		if n > 0 {
+			stall.Reset(s.cfg.StallTimeout)
+			if s.downLimit != nil {
+				if err := s.downLimit.WaitN(ctx, n); err != nil {
+					return nil, causeOr(ctx, err)
+				}
+			}
+			got += int64(n)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, causeOr(ctx, err)
+		}
+	}
+	if got != size {
+		return nil, fmt.Errorf("piece %d: got %d of %d bytes", i, got, size)
+	}
+	return data, nil
+}
+
+// getBitmap asks the peer at addr for its bitmap of dgst, newer than after.
+func (s *Swarm) getBitmap(ctx context.Context, addr string, dgst v1.Hash, after, hashFrom int, timeout time.Duration) (bitmap, error) {
+	if timeout == 0 {
+		timeout = s.cfg.CoordTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	url := fmt.Sprintf("https://%s/p2p/v1/blobs/%s/pieces?after=%d&hashFrom=%d", addr, dgst, after, hashFrom)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return bitmap{}, err
+	}
+	req.Header.Set(PeerHeader, string(s.coord.Self().ID))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return bitmap{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return bitmap{}, fmt.Errorf("bitmap of %s from %s: %s", dgst, addr, resp.Status)
+	}
+	var b bitmap
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&b); err != nil {
+		return bitmap{}, fmt.Errorf("bitmap of %s from %s: %w", dgst, addr, err)
+	}
+	if b.PieceSize != s.cfg.PieceSize {
+		return bitmap{}, fmt.Errorf("bitmap of %s from %s: piece size %d, this node uses %d", dgst, addr, b.PieceSize, s.cfg.PieceSize)
+	}
+	return b, nil
+}
+
+func causeOr(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c
+	}
+	return err
+}

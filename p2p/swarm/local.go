@@ -1,0 +1,206 @@
+package swarm
+
+import (
+	"sync"
+	"time"
+)
+
+// local is a blob this node is bringing in, seeding it from the origin or
+// downloading it from peers: what it can serve, the piece digests it knows,
+// and the pieces it holds in memory until its reader takes them. Peers read
+// it through the server's bitmap and piece endpoints.
+type local struct {
+	size, pieceSize int64
+	n               int
+	// trusted: the digests are first-hand, computed from the origin's bytes
+	// as they passed (the seeder) or from a verified complete blob.
+	trusted bool
+	// seeding: this node is the seeder of the blob in flight; it sends each
+	// piece to only a few peers (see Config.SeedCopies).
+	seeding bool
+
+	mu      sync.Mutex
+	hashes  []string       // hex sha256 per piece, "" while unknown
+	have    []bool         // pieces this node can serve
+	mem     map[int][]byte // verified pieces the reader has not taken yet
+	version int            // bumped on every change
+	changed chan struct{}  // closed and replaced on every change
+	served  []int          // seeder: copies of each piece sent to peers
+	lastAt  []time.Time    // seeder: when the last copy was allowed
+}
+
+func newLocal(size, pieceSize int64, trusted, seeding bool) *local {
+	n := int((size + pieceSize - 1) / pieceSize)
+	return &local{
+		size: size, pieceSize: pieceSize, n: n, trusted: trusted, seeding: seeding,
+		hashes: make([]string, n), have: make([]bool, n), mem: map[int][]byte{},
+		changed: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n),
+	}
+}
+
+// pieceLen is the length of piece i (the last one may be short).
+func (l *local) pieceLen(i int) int64 {
+	if i == l.n-1 {
+		return l.size - int64(i)*l.pieceSize
+	}
+	return l.pieceSize
+}
+
+// bumpLocked records a change and wakes the bitmap long-polls.
+func (l *local) bumpLocked() {
+	l.version++
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// setHash records the digest of piece i unless one is known already.
+// It reports whether the known digest (if any) agrees.
+func (l *local) setHash(i int, h string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.hashes[i] == "" {
+		l.hashes[i] = h
+		l.bumpLocked()
+		return true
+	}
+	return l.hashes[i] == h
+}
+
+// hash returns the digest of piece i, "" if unknown.
+func (l *local) hash(i int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.hashes[i]
+}
+
+// complete marks piece i servable (from the store), with its digest.
+func (l *local) complete(i int, h string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h != "" && l.hashes[i] == "" {
+		l.hashes[i] = h
+	}
+	l.have[i] = true
+	l.bumpLocked()
+}
+
+// hold keeps verified piece i in memory for the reader and for peers.
+func (l *local) hold(i int, data []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mem[i] = data
+	l.have[i] = true
+	l.bumpLocked()
+}
+
+// take waits for piece i in memory and removes it; the bytes go to the
+// store through the reader, which serves them to peers from then on.
+func (l *local) take(i int, stop <-chan struct{}) ([]byte, bool) {
+	for {
+		l.mu.Lock()
+		if data, ok := l.mem[i]; ok {
+			delete(l.mem, i)
+			l.mu.Unlock()
+			return data, true
+		}
+		ch := l.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-stop:
+			return nil, false
+		}
+	}
+}
+
+// memPiece returns piece i if it is held in memory.
+func (l *local) memPiece(i int) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	data, ok := l.mem[i]
+	return data, ok
+}
+
+// bitmap is the state peers see: which pieces this node serves, and the
+// digests it knows from index from on.
+type bitmap struct {
+	Size      int64    `json:"size"`
+	PieceSize int64    `json:"pieceSize"`
+	Version   int      `json:"version"`
+	Have      []byte   `json:"have"` // bit i set: piece i is served
+	Trusted   bool     `json:"trusted"`
+	HashFrom  int      `json:"hashFrom"`
+	Hashes    []string `json:"hashes"`
+}
+
+// snapshot returns the bitmap, waiting up to wait for a version newer than
+// after (a long poll); hashFrom skips digests the asker knows.
+func (l *local) snapshot(after, hashFrom int, wait <-chan struct{}) bitmap {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.version <= after {
+		ch := l.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+			l.mu.Lock()
+		case <-wait:
+			l.mu.Lock()
+			return l.snapshotLocked(hashFrom)
+		}
+	}
+	return l.snapshotLocked(hashFrom)
+}
+
+func (l *local) snapshotLocked(hashFrom int) bitmap {
+	b := bitmap{Size: l.size, PieceSize: l.pieceSize, Version: l.version, Trusted: l.trusted, Have: make([]byte, (l.n+7)/8)}
+	for i, ok := range l.have {
+		if ok {
+			b.Have[i/8] |= 1 << (i % 8)
+		}
+	}
+	hashFrom = min(max(hashFrom, 0), l.n)
+	b.HashFrom = hashFrom
+	b.Hashes = append([]string(nil), l.hashes[hashFrom:]...)
+	return b
+}
+
+// allow reports whether the seeder should send piece i to one more peer,
+// counting the copy if so: at most copies, unless grace has passed since the
+// last one (the peers that got it may be gone). Non-seeders always send.
+func (l *local) allow(i, copies int, grace time.Duration, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.seeding {
+		return true
+	}
+	if l.served[i] >= copies && now.Sub(l.lastAt[i]) < grace {
+		return false
+	}
+	l.served[i]++
+	l.lastAt[i] = now
+	return true
+}
+
+// has reports whether bit i is set in a bitmap's Have.
+func has(have []byte, i int) bool {
+	return i/8 < len(have) && have[i/8]&(1<<(i%8)) != 0
+}
+
+// committed turns the blob into a complete one: every piece served from the
+// store, no more seeding limits. It reports whether every digest is known
+// (so the piece digests can be cached for later peers).
+func (l *local) committed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seeding = false
+	l.mem = map[int][]byte{}
+	all := true
+	for i := range l.have {
+		l.have[i] = true
+		all = all && l.hashes[i] != ""
+	}
+	l.trusted = all
+	l.bumpLocked()
+	return all
+}

@@ -1,0 +1,177 @@
+package swarm
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/thaw-dev/thaw/puller"
+)
+
+// Handler serves the data plane routes, for the caller to mount on the
+// mutual-TLS peer server:
+//
+//	GET /p2p/v1/blobs/{digest}/pieces?after=V&hashFrom=K   the bitmap (long poll past version V)
+//	GET /p2p/v1/blobs/{digest}/pieces/{i}                  piece i
+func (s *Swarm) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /p2p/v1/blobs/{digest}/pieces", s.serveBitmap)
+	mux.HandleFunc("GET /p2p/v1/blobs/{digest}/pieces/{index}", s.servePiece)
+	return mux
+}
+
+// PeerHeader carries the asking node's ID, for per-peer upload metrics.
+const PeerHeader = "X-Thaw-Node"
+
+func (s *Swarm) serveBitmap(w http.ResponseWriter, r *http.Request) {
+	dgst, err := v1.NewHash(r.PathValue("digest"))
+	if err != nil {
+		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	after, _ := strconv.Atoi(r.URL.Query().Get("after"))
+	hashFrom, _ := strconv.Atoi(r.URL.Query().Get("hashFrom"))
+	l, err := s.servable(r, dgst)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	timer := time.NewTimer(s.cfg.BitmapWait)
+	defer timer.Stop()
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		close(stop)
+	}()
+	b := l.snapshot(after, hashFrom, stop)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(b)
+}
+
+func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
+	dgst, err := v1.NewHash(r.PathValue("digest"))
+	if err != nil {
+		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	i, err := strconv.Atoi(r.PathValue("index"))
+	if err != nil || i < 0 {
+		http.Error(w, "bad piece index", http.StatusBadRequest)
+		return
+	}
+	select {
+	case s.uploads <- struct{}{}:
+		defer func() { <-s.uploads }()
+	default:
+		s.metrics.UploadsRefused.Inc()
+		http.Error(w, "upload cap reached, ask another holder", http.StatusServiceUnavailable)
+		return
+	}
+	l, err := s.servable(r, dgst)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if i >= l.n {
+		http.Error(w, fmt.Sprintf("piece %d of %d", i, l.n), http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	l.mu.Lock()
+	ok := l.have[i]
+	l.mu.Unlock()
+	if !ok {
+		http.Error(w, "piece not here yet", http.StatusNotFound)
+		return
+	}
+	if !l.allow(i, s.cfg.SeedCopies, 2*s.cfg.StallTimeout, time.Now()) {
+		http.Error(w, "seeder sent this piece already, ask the peers that have it", http.StatusServiceUnavailable)
+		return
+	}
+	var src io.Reader
+	if data, ok := l.memPiece(i); ok {
+		src = byteReader(data)
+	} else {
+		b, err := s.store.Open(r.Context(), dgst)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		defer b.Close()
+		src = io.NewSectionReader(b, int64(i)*l.pieceSize, l.pieceLen(i))
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(l.pieceLen(i), 10))
+	peer := r.Header.Get(PeerHeader)
+	if peer == "" {
+		peer = "unknown"
+	}
+	n, _ := copyLimited(r.Context(), w, src, s.upLimit)
+	s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(n))
+}
+
+// servable returns what this node can serve of dgst: the blob it is bringing
+// in, or a complete blob of its store (all pieces, digests computed once).
+func (s *Swarm) servable(r *http.Request, dgst v1.Hash) (*local, error) {
+	s.mu.Lock()
+	l := s.blobs[dgst]
+	s.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	return s.completeLocal(r, dgst)
+}
+
+// completeLocal describes a complete blob of the store as a fully served
+// local, computing its piece digests on first use and caching them.
+func (s *Swarm) completeLocal(r *http.Request, dgst v1.Hash) (*local, error) {
+	b, err := s.store.Open(r.Context(), dgst)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	if !b.Complete() {
+		return nil, fmt.Errorf("blob %s is partial here: %w", dgst, puller.ErrNotFound)
+	}
+	s.mu.Lock()
+	l, ok := s.done.Get(dgst)
+	s.mu.Unlock()
+	if ok {
+		return l, nil
+	}
+	// The store verified the whole blob: its digests are first-hand.
+	l = newLocal(b.Size(), s.cfg.PieceSize, true, false)
+	buf := make([]byte, s.cfg.PieceSize)
+	for i := range l.n {
+		p := buf[:l.pieceLen(i)]
+		if _, err := b.ReadAt(p, int64(i)*l.pieceSize); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("hash piece %d of %s: %w", i, dgst, err)
+		}
+		sum := sha256.Sum256(p)
+		l.hashes[i] = hex.EncodeToString(sum[:])
+		l.have[i] = true
+	}
+	l.version = 1
+	s.mu.Lock()
+	s.done.Add(dgst, l)
+	s.mu.Unlock()
+	return l, nil
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	if errors.Is(err, puller.ErrNotFound) {
+		status = http.StatusNotFound
+	}
+	http.Error(w, err.Error(), status)
+}
