@@ -40,8 +40,9 @@ type Config struct {
 }
 
 // DefaultConfig: 4 MiB pieces, 8 in flight within a 16-piece window, 16
-// uploads at once, no rate limits, fall back to the origin after 10 s without
-// progress.
+// uploads at once, no rate limits, fall back to the origin after 20 s without
+// progress (longer than the cluster takes to expire a dead seeder, so that
+// one node takes its role over rather than every node going to the origin).
 func DefaultConfig() Config {
 	return Config{
 		PieceSize:     4 << 20,
@@ -50,7 +51,7 @@ func DefaultConfig() Config {
 		MaxUploads:    16,
 		SeedCopies:    2,
 		StallTimeout:  5 * time.Second,
-		FallbackAfter: 10 * time.Second,
+		FallbackAfter: 20 * time.Second,
 		CoordTimeout:  2 * time.Second,
 		AvoidFor:      10 * time.Minute,
 		PollInterval:  time.Second,

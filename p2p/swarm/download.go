@@ -175,15 +175,31 @@ func (d *downloader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fallBack switches the reader to the origin at its current position.
+// fallBack switches the reader to the origin at its current position: as
+// the blob's new seeder when the leader named this node in place of a lost
+// one (the pieces are hashed and offered to peers as they pass), else as a
+// plain origin read.
 func (d *downloader) fallBack(p []byte) (int, error) {
 	d.mu.Lock()
 	why := d.gaveUpErr
 	d.mu.Unlock()
-	d.s.log.Warn("peers made no progress, reading the rest from the origin", "digest", d.dgst.String(), "offset", d.pos, "why", why)
-	body, _, err := d.s.fromOrigin(d.ctx, d.repo, d.dgst, d.pos, "fallback")
+	reason := "fallback"
+	if errors.Is(why, errTakeOver) {
+		reason = "seeder"
+	} else {
+		d.s.log.Warn("peers made no progress, reading the rest from the origin", "digest", d.dgst.String(), "offset", d.pos, "why", why)
+	}
+	body, _, err := d.s.fromOrigin(d.ctx, d.repo, d.dgst, d.pos, reason)
 	if err != nil {
 		return 0, fmt.Errorf("blob %s: swarm gave up (%v) and the origin failed: %w", d.dgst, why, err)
+	}
+	if reason == "seeder" && d.pos%d.l.pieceSize == 0 {
+		// fromOrigin counted the bytes already; the seed reader only hashes.
+		d.l.mu.Lock()
+		d.l.trusted, d.l.seeding = true, true
+		d.l.mu.Unlock()
+		body = &seedReader{s: d.s, dgst: d.dgst, body: body, l: d.l, c: noCount{}, h: sha256.New(),
+			piece: int(d.pos / d.l.pieceSize), off: d.pos}
 	}
 	d.fallback = body
 	n, err := body.Read(p)
@@ -250,7 +266,10 @@ func (d *downloader) giveUp(err error) {
 	d.mu.Unlock()
 }
 
-// refreshHolders learns new holders from the coordinator.
+// refreshHolders learns new holders from the coordinator. When the blob has
+// lost its seeder (it died and the leader expired it) and nobody holds it
+// complete, this node claims the role: if named, it reads the rest from the
+// origin as the new seeder, and the others keep taking pieces from it.
 func (d *downloader) refreshHolders() {
 	ctx, cancel := context.WithTimeout(d.ctx, d.s.cfg.CoordTimeout)
 	defer cancel()
@@ -259,8 +278,31 @@ func (d *downloader) refreshHolders() {
 		d.s.log.Debug("refreshing holders", "digest", d.dgst.String(), "err", err)
 		return
 	}
+	if st.Seeder == "" && !anyComplete(st.Holders) {
+		claimed, err := d.s.coord.ClaimSeeder(ctx, d.dgst, d.l.size)
+		if err == nil && claimed.Seeder == d.s.coord.Self().ID {
+			d.s.log.Info("the blob's seeder is gone; this node seeds the rest from the origin", "digest", d.dgst.String())
+			d.giveUp(errTakeOver)
+			return
+		}
+		if err == nil {
+			st = claimed
+		}
+	}
 	d.addHolders(st.Seeder, st.Holders)
 }
+
+func anyComplete(hs []p2p.Holder) bool {
+	for _, h := range hs {
+		if h.Complete {
+			return true
+		}
+	}
+	return false
+}
+
+// errTakeOver: this node was named seeder in place of one that is gone.
+var errTakeOver = errors.New("named seeder in place of a lost one")
 
 // addHolders starts watching holders not watched yet.
 func (d *downloader) addHolders(seeder p2p.NodeID, holders []p2p.Holder) {

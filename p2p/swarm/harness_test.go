@@ -1,8 +1,10 @@
 package swarm_test
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io"
 	"log/slog"
 	"net/http"
@@ -35,6 +37,9 @@ type origin struct {
 	host string
 	mu   sync.Mutex
 	sent int64
+	// limit, if set, slows blob bytes down (bytes per second), so that a
+	// transfer is still running when a test breaks something.
+	limit *rate.Limiter
 }
 
 func newOrigin(t testing.TB) *origin {
@@ -42,7 +47,7 @@ func newOrigin(t testing.TB) *origin {
 	reg := registry.New(registry.Logger(slog.NewLogLogger(slog.DiscardHandler, 0)))
 	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			cw := &countingWriter{ResponseWriter: w}
+			cw := &countingWriter{ResponseWriter: w, limit: o.limit}
 			reg.ServeHTTP(cw, r)
 			o.mu.Lock()
 			o.sent += cw.n
@@ -80,13 +85,26 @@ func (o *origin) blob(t testing.TB, repo string, size int) (name.Repository, v1.
 
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	n     int64
+	limit *rate.Limiter
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
+	written := 0
+	for len(p) > 0 {
+		k := min(len(p), 32<<10)
+		if c.limit != nil {
+			c.limit.WaitN(context.Background(), k)
+		}
+		n, err := c.ResponseWriter.Write(p[:k])
+		c.n += int64(n)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+	}
+	return written, nil
 }
 
 // node is one in-process thaw node: store, swarm, fetcher, peer server.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/thaw-dev/thaw/p2p"
 	"github.com/thaw-dev/thaw/p2p/swarm"
 )
 
@@ -67,9 +72,6 @@ func TestBurstCostsTheOriginOneCopy(t *testing.T) {
 	if peer < float64(7*len(data)) {
 		t.Fatalf("peers moved %v bytes, want at least %d", peer, 7*len(data))
 	}
-	// Once complete, the blob is served to a late node from complete holders.
-	late := newCluster(t, 0, testConfig())
-	_ = late
 }
 
 // TestBadPeerIsAvoided: a node that corrupts the pieces it serves is found
@@ -129,5 +131,172 @@ func TestPartitionedNodeFallsBackToOrigin(t *testing.T) {
 	}
 	if got := counter(t, c.nodes[0].reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"}); got != 1 {
 		t.Fatalf("fallback origin fetches = %v, want 1", got)
+	}
+}
+
+// kill makes n vanish as a crashed node does: its peer server refuses
+// everything, its fetches stop, and the cluster (after its expiry timeout)
+// drops it from every blob.
+func (c *cluster) kill(n *node) {
+	n.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		panic(http.ErrAbortHandler)
+	}))
+	n.srv.CloseClientConnections()
+	n.fetcher.Close()
+	c.coord.Remove(n.id)
+}
+
+// waitFor polls cond until it holds or a deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// burstAsync starts every node's fetch of d and returns a function that
+// waits for the given nodes and checks their content.
+func burstAsync(t *testing.T, c *cluster, repo name.Repository, d v1.Hash) func(want []byte, nodes ...*node) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	errs := make(map[*node]chan error)
+	for _, n := range c.nodes {
+		ch := make(chan error, 1)
+		errs[n] = ch
+		go func() {
+			_, err := n.fetcher.Ensure(ctx, repo, d)
+			ch <- err
+		}()
+	}
+	return func(want []byte, nodes ...*node) {
+		defer cancel()
+		for _, n := range nodes {
+			if err := <-errs[n]; err != nil {
+				t.Fatalf("%s: %v", n.id, err)
+			}
+			if got := readAll(t, n, d); !bytes.Equal(got, want) {
+				t.Fatalf("%s: content differs", n.id)
+			}
+		}
+	}
+}
+
+func peerBytes(t *testing.T, n *node) float64 {
+	return counter(t, n.reg, "thaw_fetched_bytes_total", map[string]string{"source": "peer"})
+}
+
+// TestPeerDiesMidTransfer: a downloading peer crashes mid-burst; the others
+// take its pieces elsewhere and finish without going back to the origin.
+func TestPeerDiesMidTransfer(t *testing.T) {
+	o := newOrigin(t)
+	o.limit = rate.NewLimiter(8<<20, 64<<10) // the seeder takes about a second
+	repo, d, data := o.blob(t, "dies", 8<<20)
+	c := newCluster(t, 5, testConfig())
+	wait := burstAsync(t, c, repo, d)
+	victim := c.nodes[4]
+	waitFor(t, "the victim to take pieces from peers", func() bool { return peerBytes(t, victim) > 0 })
+	c.kill(victim)
+	wait(data, c.nodes[:4]...)
+	if got := o.bytes(); got != int64(len(data)) {
+		t.Fatalf("origin sent %d bytes for a %d-byte blob: a peer's death sent nodes back to the origin", got, len(data))
+	}
+}
+
+// TestStalledPeer: a peer that accepts piece requests and never answers
+// costs its askers a stall timeout per request; they take the pieces from
+// the other holder and finish without the origin.
+func TestStalledPeer(t *testing.T) {
+	o := newOrigin(t)
+	repo, d, data := o.blob(t, "stall", 4<<20)
+	c := newCluster(t, 4, testConfig())
+	good, staller := c.nodes[0], c.nodes[3]
+	// Two complete holders: one good, one that will stall.
+	for _, n := range []*node{good, staller} {
+		if _, err := n.fetcher.Ensure(t.Context(), repo, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inner := staller.swarm.Handler()
+	staller.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/pieces/") {
+			<-r.Context().Done() // hang until the asker gives up
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	burst(t, &cluster{coord: c.coord, nodes: c.nodes[1:3]}, repo, d, data)
+	if got := o.bytes(); got != int64(len(data)) {
+		t.Fatalf("origin sent %d bytes for a %d-byte blob", got, len(data))
+	}
+	var stalled float64
+	for _, n := range c.nodes[1:3] {
+		stalled += histCount(t, n.reg, "thaw_p2p_piece_duration_seconds", "stalled")
+	}
+	if stalled == 0 {
+		t.Fatal("no piece request to the stalled peer was cut; the test did not exercise a stall")
+	}
+}
+
+func histCount(t *testing.T, reg *prometheus.Registry, metric, result string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != metric {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "result" && lp.GetValue() == result {
+					return float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestSeederDiesNewSeederTakesOver: the seeder crashes mid-blob; once the
+// cluster drops it, one downloader is named seeder and reads the rest from
+// the origin from where it stands; the others keep swarming. Nothing
+// restarts from zero.
+func TestSeederDiesNewSeederTakesOver(t *testing.T) {
+	o := newOrigin(t)
+	o.limit = rate.NewLimiter(4<<20, 64<<10) // 2 s for the whole blob
+	repo, d, data := o.blob(t, "seeder", 8<<20)
+	c := newCluster(t, 4, testConfig())
+	// The first node becomes the seeder: let it claim before the others.
+	wait := burstAsync(t, &cluster{coord: c.coord, nodes: c.nodes[:1]}, repo, d)
+	_ = wait
+	waitFor(t, "a seeder", func() bool {
+		st, _ := c.coord.Join(p2p.Member{ID: "observer"}).Blob(t.Context(), d)
+		return st.Seeder != ""
+	})
+	rest := burstAsync(t, &cluster{coord: c.coord, nodes: c.nodes[1:]}, repo, d)
+	seeder := c.nodes[0]
+	waitFor(t, "the others to get pieces", func() bool {
+		for _, n := range c.nodes[1:] {
+			if peerBytes(t, n) >= float64(2*testConfig().PieceSize) {
+				return true
+			}
+		}
+		return false
+	})
+	c.kill(seeder)
+	rest(data, c.nodes[1:]...)
+	if got := o.bytes(); got >= int64(2*len(data)) {
+		t.Fatalf("origin sent %d bytes for a %d-byte blob: downloads restarted", got, len(data))
+	}
+	var seeders, fallbacks float64
+	for _, n := range c.nodes[1:] {
+		seeders += counter(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "seeder"})
+		fallbacks += counter(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"})
+	}
+	if seeders != 1 || fallbacks != 0 {
+		t.Fatalf("after the seeder died: %v new seeders and %v fallbacks, want 1 and 0", seeders, fallbacks)
 	}
 }
