@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/thaw-dev/thaw/p2p/swarm"
 	"github.com/thaw-dev/thaw/puller/catalog"
 )
 
@@ -16,7 +17,11 @@ func newDaemonCmd(g *globalOptions) *cobra.Command {
 		configFile string
 		cfg        = nodeConfig{Resolver: catalog.DefaultResolverConfig()}
 		quota      byteSize
+		// size flags of the peer network, copied into cfg.Peer.Swarm in RunE
+		upRate, downRate, pieceSize byteSize
 	)
+	cfg.Peer.Swarm = swarm.DefaultConfig()
+	pieceSize = byteSize(cfg.Peer.Swarm.PieceSize)
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node daemon: registry mirror, content store, local API and metrics",
@@ -50,6 +55,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 				return err
 			}
 			cfg.DataDir, cfg.APIAddr, cfg.Quota = g.dataDir, g.apiAddr(), int64(quota)
+			cfg.Peer.Swarm.UploadRate, cfg.Peer.Swarm.DownloadRate, cfg.Peer.Swarm.PieceSize = int64(upRate), int64(downRate), int64(pieceSize)
 			n, err := newNode(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
@@ -67,6 +73,20 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.DurationVar(&cfg.Resolver.TTL, "tag-ttl", cfg.Resolver.TTL, "how long a resolved tag is trusted before asking the registry again")
 	f.BoolVar(&cfg.Resolver.ServeStale, "serve-stale-tags", cfg.Resolver.ServeStale, "answer with the last known digest when the registry is unreachable")
 	f.IntVar(&cfg.Concurrency, "prefetch-concurrency", 3, "blobs fetched at once by a prefetch")
+
+	// The peer network.
+	f.StringVar(&cfg.Peer.NodeID, "node-id", "", "this node's name in the cluster, stable across restarts (default: the host name)")
+	f.StringVar(&cfg.Peer.TLSDir, "tls-dir", "", "cluster certificates (ca.pem, cert.pem, key.pem from `thaw certs`); default <data-dir>/tls if present. Without them the node runs alone")
+	f.StringVar(&cfg.Peer.AdvertiseAddr, "advertise-addr", "", "IP or host name other nodes reach this node at (default: its first non-loopback IPv4 address)")
+	f.StringVar(&cfg.Peer.PeerAddr, "peer-addr", "0.0.0.0:5051", "listen address of the peer API (mutual TLS): coordination and blob pieces")
+	f.StringVar(&cfg.Peer.RaftAddr, "raft-addr", "0.0.0.0:5053", "listen address of the Raft transport (mutual TLS)")
+	f.StringSliceVar(&cfg.Peer.Join, "join", nil, "peer addresses HOST:PORT of cluster nodes to join (a DNS name resolving to several, as a headless Service, means all); empty: bootstrap")
+	f.IntVar(&cfg.Peer.Voters, "voters", 3, "how many nodes run Raft; later nodes are clients of the voters")
+	f.Var(&upRate, "upload-rate", "limit on bytes per second uploaded to peers, e.g. 50MB (default: none)")
+	f.Var(&downRate, "download-rate", "limit on bytes per second downloaded from peers (default: none)")
+	f.IntVar(&cfg.Peer.Swarm.MaxUploads, "max-uploads", cfg.Peer.Swarm.MaxUploads, "piece uploads served at once")
+	f.Var(&pieceSize, "piece-size", "unit of peer transfer and verification (all nodes must agree)")
+
 	return cmd
 }
 

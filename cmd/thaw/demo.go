@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
+	"github.com/thaw-dev/thaw/p2p/swarm"
 	"github.com/thaw-dev/thaw/puller"
 	"github.com/thaw-dev/thaw/puller/api"
 	"github.com/thaw-dev/thaw/puller/catalog"
@@ -85,6 +86,7 @@ func runDemo(ctx context.Context, out io.Writer, g *globalOptions, layerMiB int)
 		DataDir: dir, MirrorAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
 		APIAddr: filepath.Join(dir, "thaw.sock"), DefaultRegistry: regHost,
 		Resolver: resolver, Concurrency: 3,
+		Peer: peerConfig{NodeID: "demo", Voters: 1, Swarm: swarm.DefaultConfig()},
 	}, log)
 	if err != nil {
 		return err

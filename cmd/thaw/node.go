@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,11 +15,13 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/thaw-dev/thaw/metrics"
+	"github.com/thaw-dev/thaw/puller"
 	"github.com/thaw-dev/thaw/puller/api"
 	"github.com/thaw-dev/thaw/puller/catalog"
 	"github.com/thaw-dev/thaw/puller/ctrimport"
@@ -41,6 +44,7 @@ type nodeConfig struct {
 	Quota           int64 // 0: half the data directory's file system
 	Resolver        catalog.ResolverConfig
 	Concurrency     int
+	Peer            peerConfig
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -51,6 +55,8 @@ type node struct {
 	upstream *upstream.Registry
 	fetcher  *fetch.Fetcher
 	api      *api.Server
+	peer     *peerNode
+	removed  <-chan v1.Hash // blobs the store removed, to drop from the cluster
 	servers  []*server
 }
 
@@ -66,6 +72,12 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	// Refuse to start beside a running daemon before touching its store.
+	if strings.Contains(cfg.APIAddr, "/") {
+		if err := removeStaleSocket(cfg.APIAddr); err != nil {
+			return nil, err
+		}
+	}
 	quota := cfg.Quota
 	if quota == 0 {
 		var fs syscall.Statfs_t
@@ -74,7 +86,17 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		}
 		quota = int64(fs.Blocks) * fs.Bsize / 2
 	}
-	st, err := store.New(filepath.Join(cfg.DataDir, "store"), store.WithQuota(quota), store.WithLogger(log))
+	// Blobs leaving the store are dropped from the cluster's holders by Run;
+	// the store's callback must not block, so a full queue loses the
+	// notice (the leader's expiry and the data plane's checks cover it).
+	removed := make(chan v1.Hash, 1024)
+	onRemove := func(d v1.Hash) {
+		select {
+		case removed <- d:
+		default:
+		}
+	}
+	st, err := store.New(filepath.Join(cfg.DataDir, "store"), store.WithQuota(quota), store.WithLogger(log), store.WithOnRemove(onRemove))
 	if err != nil {
 		return nil, err
 	}
@@ -98,8 +120,21 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if err != nil {
 		return nil, err
 	}
-	f, err := fetch.New(fetch.DefaultConfig(), st, up, up, m, log)
+	pn, err := newPeerNode(cfg.Peer, cfg.DataDir, st, up, reg, m.FetchedBytes, log)
 	if err != nil {
+		return nil, err
+	}
+	fcfg := fetch.DefaultConfig()
+	var source puller.Source = up
+	if pn.swarm != nil {
+		// Blobs come through the peer network, which counts its bytes by
+		// origin (peer, upstream) and tells the cluster what is complete.
+		source = pn.swarm
+		fcfg.SourceName, fcfg.CountBytes, fcfg.OnCommit = "cluster", false, pn.swarm.OnCommit
+	}
+	f, err := fetch.New(fcfg, st, source, up, m, log)
+	if err != nil {
+		pn.cluster.Close()
 		return nil, err
 	}
 	mcfg := mirror.DefaultConfig()
@@ -110,10 +145,11 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if err != nil {
 		return nil, err
 	}
-	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f}
+	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f, peer: pn, removed: removed}
 	defer func(n *node) { // n itself is nil once an error is returned
 		if err != nil {
 			n.closeListeners()
+			pn.cluster.Close()
 		}
 	}(n)
 	mirrorLn, err := n.listen("mirror", "tcp", cfg.MirrorAddr, mir)
@@ -137,13 +173,19 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	network := "tcp"
 	if strings.Contains(cfg.APIAddr, "/") {
 		network = "unix"
-		// A socket left by a daemon that died would make Listen fail.
-		if err := removeStaleSocket(cfg.APIAddr); err != nil {
-			return nil, err
-		}
 	}
+	n.api.Handle("GET /api/v1/peers", peersHandler(pn.cluster))
 	if _, err := n.listen("api", network, cfg.APIAddr, n.api); err != nil {
 		return nil, err
+	}
+	if pn.handler != nil {
+		ln, err := n.listen("peer", "tcp", cfg.Peer.PeerAddr, pn.handler)
+		if err != nil {
+			return nil, err
+		}
+		// The peer API is mutual TLS: only nodes with a certificate of the
+		// cluster CA get past the handshake.
+		n.servers[len(n.servers)-1].ln = tls.NewListener(ln, pn.tls.Server)
 	}
 	return n, nil
 }
@@ -197,6 +239,23 @@ func (n *node) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error {
+		return n.peer.cluster.Run(gctx)
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case d := <-n.removed:
+				ctx, cancel := context.WithTimeout(gctx, 5*time.Second)
+				if err := n.peer.cluster.Drop(ctx, d); err != nil {
+					n.log.Debug("dropping a removed blob from the cluster", "digest", d.String(), "err", err)
+				}
+				cancel()
+			}
+		}
+	})
+	g.Go(func() error {
 		<-gctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -206,6 +265,9 @@ func (n *node) Run(ctx context.Context) error {
 		n.api.Wait()
 		n.fetcher.Close()
 		n.upstream.Close()
+		if n.peer.swarm != nil {
+			n.peer.swarm.Close()
+		}
 		return nil
 	})
 	return g.Wait()

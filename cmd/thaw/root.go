@@ -41,6 +41,8 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newGCCmd(g),
 		newStatusCmd(g),
 		newDemoCmd(g),
+		newPeersCmd(g),
+		newCertsCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -62,6 +62,13 @@ func New(cfg Config, coord p2p.Coordinator, origin puller.Source, st store.Provi
 	}, nil
 }
 
+// Close releases the peer connections kept for reuse. Fetches still running
+// fail.
+func (s *Swarm) Close() error {
+	s.client.CloseIdleConnections()
+	return nil
+}
+
 // FetchBlob implements puller.Source: the blob's bytes from offset on, from
 // the origin if the leader names this node the seeder (or cannot be reached),
 // else from the peers that hold it.

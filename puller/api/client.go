@@ -36,6 +36,12 @@ func NewClient(addr string) *Client {
 	return &Client{http: &http.Client{Transport: tr}, base: base, addr: addr}
 }
 
+// Get decodes the JSON answer of GET path into out, for endpoints mounted
+// with Server.Handle.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.do(ctx, http.MethodGet, path, nil, out)
+}
+
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status

@@ -64,6 +64,10 @@ func NewServer(d Deps) *Server {
 	return s
 }
 
+// Handle mounts a handler of another part of the daemon (the peer network's
+// /api/v1/peers) on the API, so that the API does not depend on it.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 

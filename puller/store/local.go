@@ -43,6 +43,7 @@ type Store struct {
 	quota         int64
 	partialMaxAge time.Duration
 	now           func() time.Time
+	onRemove      func(v1.Hash)
 
 	mu      sync.Mutex
 	entries map[string]*entry // by hex digest
@@ -86,6 +87,7 @@ func New(root string, opts ...Option) (*Store, error) {
 		quota:         o.quota,
 		partialMaxAge: o.partialMaxAge,
 		now:           o.now,
+		onRemove:      o.onRemove,
 		entries:       make(map[string]*entry),
 		pins:          make(map[string]struct{}),
 	}
@@ -409,6 +411,9 @@ func (s *Store) removeLocked(e *entry, why error) error {
 	if s.entries[hex] == e {
 		delete(s.entries, hex)
 		s.used -= e.size
+	}
+	if s.onRemove != nil {
+		s.onRemove(e.dgst)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"log/slog"
 	"time"
 )
@@ -19,6 +20,7 @@ type options struct {
 	log           *slog.Logger
 	partialMaxAge time.Duration
 	now           func() time.Time
+	onRemove      func(v1.Hash)
 }
 
 // WithQuota bounds the bytes the store keeps (complete blobs plus the announced
@@ -29,6 +31,17 @@ func WithQuota(bytes int64) Option {
 			return fmt.Errorf("quota %d: must be 0 (none) or positive", bytes)
 		}
 		o.quota = bytes
+		return nil
+	}
+}
+
+// WithOnRemove registers f to be told of every blob the store removes
+// (evicted, deleted, discarded), so that others who track what the node holds
+// (the cluster) can forget it. f runs with the store locked: it must not block
+// nor call the store.
+func WithOnRemove(f func(dgst v1.Hash)) Option {
+	return func(o *options) error {
+		o.onRemove = f
 		return nil
 	}
 }

@@ -518,3 +518,26 @@ func BenchmarkNew(b *testing.B) {
 		newStore(b, root)
 	}
 }
+
+// TestOnRemove: every way a blob leaves the store is reported, so the
+// cluster never lists this node as a holder of a blob it no longer has.
+func TestOnRemove(t *testing.T) {
+	var removed []v1.Hash
+	s, err := store.New(t.TempDir(), store.WithOnRemove(func(d v1.Hash) { removed = append(removed, d) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	a, _ := storetest.Random(60, 1000)
+	b, _ := storetest.Random(61, 1000)
+	da, db := storetest.Put(t, s, a), storetest.Put(t, s, b)
+	if err := s.Delete(ctx, da); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Evict(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 2 || removed[0] != da || removed[1] != db {
+		t.Fatalf("removed = %v, want [%s %s]", removed, da, db)
+	}
+}
