@@ -25,6 +25,10 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	m.FetchedBytes.WithLabelValues("upstream").Add(1)
 	m.CacheRequests.WithLabelValues("blob", "hit").Inc()
 	m.UpstreamErrors.WithLabelValues("timeout").Inc()
+	p := metrics.NewP2P(reg)
+	p.PieceDuration.WithLabelValues("ok").Observe(1)
+	p.OriginFetches.WithLabelValues("seeder").Inc()
+	p.UploadBytes.WithLabelValues("node1").Add(1)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +57,7 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	if len(d.Panels) == 0 {
 		t.Fatal("dashboard has no panels")
 	}
-	series := regexp.MustCompile(`thaw_[a-z_]+`)
+	series := regexp.MustCompile(`thaw_[a-z0-9_]+`)
 	for _, p := range d.Panels {
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
