@@ -516,6 +516,11 @@ func TestLeaderKilled(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// Leaving needs a leader: stop the survivors as crashes, not waiting
+	// RequestTimeout for a leave that cannot be committed.
+	for _, tn := range survivors {
+		tn.kill()
+	}
 }
 
 func TestSilentClientExpired(t *testing.T) {

@@ -45,7 +45,13 @@ func (n *Node) serve(ctx context.Context, rt route, arg string, body []byte) (an
 		if req.Node == "" || req.Digest == (v1.Hash{}) || req.Size < 0 {
 			return nil, fmt.Errorf("%w: want node, digest and a size >= 0", errBadRequest)
 		}
-		op := map[route]string{routeClaim: opClaim, routeAnnounce: opAnnounce, routeDrop: opDrop}[rt]
+		op := opAnnounce
+		switch rt {
+		case routeClaim:
+			op = opClaim
+		case routeDrop:
+			op = opDrop
+		}
 		res, err := n.applyLocal(ctx, command{Op: op, Node: req.Node, Digest: req.Digest, Size: req.Size, Complete: req.Complete})
 		return res.State, err
 	case routeBlob:
@@ -94,8 +100,14 @@ func (n *Node) leaderJoin(ctx context.Context, req joinRequest) (joinResponse, e
 	if m.ID == "" || (m.PeerAddr == "" && !n.cfg.standalone()) {
 		return joinResponse{}, fmt.Errorf("%w: a join needs the node's ID and peer address", errBadRequest)
 	}
-	n.joinMu.Lock()
-	defer n.joinMu.Unlock()
+	// One join at a time, so that two cannot both take the last voter
+	// seat; waiting for the seat is bounded by ctx like the rest.
+	select {
+	case n.joinSem <- struct{}{}:
+		defer func() { <-n.joinSem }()
+	case <-ctx.Done():
+		return joinResponse{}, fmt.Errorf("%w: waiting for another join: %v", p2p.ErrNoLeader, ctx.Err())
+	}
 	r := n.raft.Load()
 	if r == nil {
 		return joinResponse{}, fmt.Errorf("%w: this node does not run Raft", p2p.ErrNoLeader)

@@ -51,9 +51,9 @@ type Node struct {
 	outMu   sync.RWMutex
 	stopped bool
 
-	joinMu sync.Mutex    // serialises the joins this node handles as leader
-	kick   chan struct{} // asks the heartbeat loop to check membership now
-	ran    atomic.Bool
+	joinSem chan struct{} // serialises the joins this node handles as leader
+	kick    chan struct{} // asks the heartbeat loop to check membership now
+	ran     atomic.Bool
 
 	// Test hooks: pause heartbeats; on stop, skip leaving (a crash).
 	pauseHeartbeats atomic.Bool
@@ -84,11 +84,12 @@ func New(cfg Config) (*Node, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{
-		cfg:  cfg,
-		log:  logger.With("component", "cluster"),
-		fsm:  newFSM(),
-		live: newLiveness(),
-		kick: make(chan struct{}, 1),
+		cfg:     cfg,
+		log:     logger.With("component", "cluster"),
+		fsm:     newFSM(),
+		live:    newLiveness(),
+		kick:    make(chan struct{}, 1),
+		joinSem: make(chan struct{}, 1),
 	}
 	if err := n.open(); err != nil {
 		n.Close()

@@ -197,7 +197,7 @@ func (n *Node) dispatch(ctx context.Context, rt route, arg string, body []byte, 
 	if len(targets) == 0 && !fallback {
 		return nil, fmt.Errorf("%w: no leader or voter known yet", p2p.ErrNoLeader)
 	}
-	b, err := n.forward(ctx, targets, rt, arg, body, hops)
+	b, err := n.forward(ctx, targets, !fallback, rt, arg, body, hops)
 	if err == nil || !retriable(err) || !fallback || ctx.Err() != nil {
 		return b, err
 	}
@@ -208,17 +208,17 @@ func (n *Node) dispatch(ctx context.Context, rt route, arg string, body []byte, 
 		}
 		return nil, err
 	}
-	return n.forward(ctx, more, rt, arg, body, hops)
+	return n.forward(ctx, more, true, rt, arg, body, hops)
 }
 
 // forward tries targets in order until one answers or fails for a reason
-// another target would not change.
-func (n *Node) forward(ctx context.Context, targets []string, rt route, arg string, body []byte, hops int) ([]byte, error) {
+// another target would not change. final: no other targets follow these.
+func (n *Node) forward(ctx context.Context, targets []string, final bool, rt route, arg string, body []byte, hops int) ([]byte, error) {
 	var last error
 	for i, t := range targets {
 		// Leave time for the other targets when this one hangs.
 		per := remaining(ctx, n.cfg.RequestTimeout)
-		if i < len(targets)-1 {
+		if i < len(targets)-1 || !final {
 			per /= 2
 		}
 		actx, cancel := context.WithTimeout(ctx, per)

@@ -195,11 +195,18 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 	o.limit = rate.NewLimiter(8<<20, 64<<10) // the seeder takes about a second
 	repo, d, data := o.blob(t, "dies", 8<<20)
 	c := newCluster(t, 5, testConfig())
-	wait := burstAsync(t, c, repo, d)
+	// node0 seeds; the victim is one of the downloaders.
+	first := burstAsync(t, &cluster{coord: c.coord, nodes: c.nodes[:1]}, repo, d)
+	waitFor(t, "a seeder", func() bool {
+		st, _ := c.coord.Join(p2p.Member{ID: "observer"}).Blob(t.Context(), d)
+		return st.Seeder != ""
+	})
+	wait := burstAsync(t, &cluster{coord: c.coord, nodes: c.nodes[1:]}, repo, d)
 	victim := c.nodes[4]
 	waitFor(t, "the victim to take pieces from peers", func() bool { return peerBytes(t, victim) > 0 })
 	c.kill(victim)
-	wait(data, c.nodes[:4]...)
+	first(data, c.nodes[0])
+	wait(data, c.nodes[1:4]...)
 	if got := o.bytes(); got != int64(len(data)) {
 		t.Fatalf("origin sent %d bytes for a %d-byte blob: a peer's death sent nodes back to the origin", got, len(data))
 	}
