@@ -366,17 +366,10 @@ func (d *downloader) watch(p *peerState) {
 			d.mu.Unlock()
 			return
 		}
-		if b.Trusted && b.HashFrom == hashFrom {
-			for k, h := range b.Hashes {
-				i := b.HashFrom + k
-				if h == "" || i >= d.l.n {
-					break
-				}
-				if !d.l.setHash(i, h) {
-					d.s.log.Warn("peers disagree on a piece digest", "peer", p.id, "piece", i)
-				}
-				hashFrom = i + 1
-			}
+		var conflicts []int
+		hashFrom, conflicts = d.l.learnHashes(b, hashFrom)
+		for _, i := range conflicts {
+			d.s.log.Warn("peers disagree on a piece digest", "peer", p.id, "piece", i)
 		}
 		d.mu.Lock()
 		p.have, p.version, p.trusted, p.fails = b.Have, b.Version, b.Trusted, 0

@@ -204,3 +204,39 @@ func (l *local) committed() bool {
 	l.bumpLocked()
 	return all
 }
+
+// learnHashes takes the piece digests of a peer's bitmap, which come off the
+// network: only from a trusted peer (seeder or complete holder), only
+// continuing from hashFrom (the first digest not known from this peer), only
+// well-formed ones and only for pieces the blob has. It returns the new
+// hashFrom and the pieces whose digest disagrees with one known already.
+func (l *local) learnHashes(b bitmap, hashFrom int) (int, []int) {
+	if !b.Trusted || b.HashFrom != hashFrom {
+		return hashFrom, nil
+	}
+	var conflicts []int
+	for k, h := range b.Hashes {
+		i := b.HashFrom + k
+		if i < 0 || i >= l.n || !validHex(h) {
+			break
+		}
+		if !l.setHash(i, h) {
+			conflicts = append(conflicts, i)
+		}
+		hashFrom = i + 1
+	}
+	return hashFrom, conflicts
+}
+
+// validHex reports whether h is a hex sha256 digest.
+func validHex(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
