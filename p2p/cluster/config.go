@@ -24,9 +24,10 @@ import (
 var (
 	// ErrInvalidConfig is wrapped by every error Config.Validate returns.
 	ErrInvalidConfig = errors.New("invalid cluster config")
-	// ErrAlreadyRan: Run was called a second time on the same Node. A Node
-	// runs once; make a new one (with the same DataDir) to start again.
-	ErrAlreadyRan = errors.New("cluster node already ran")
+	// ErrAlreadyRan: Run was called on a Node that already ran or was
+	// closed. A Node runs once; make a new one (with the same DataDir) to
+	// start again.
+	ErrAlreadyRan = errors.New("cluster node already ran or was closed")
 )
 
 // Holding is one blob this node holds, complete or in progress, as reported
@@ -123,8 +124,8 @@ type Config struct {
 	// Logger receives the node's and Raft's logs; nil discards them.
 	Logger *slog.Logger
 
-	// Registerer receives the thaw_raft_* and thaw_cluster_* metrics; nil
-	// exports none.
+	// Registerer receives the thaw_raft_* and thaw_cluster_* metrics when
+	// New succeeds (so one Node per Registerer); nil exports none.
 	Registerer prometheus.Registerer
 
 	// Raft timing, see raft.Config. Tests shorten them; production keeps

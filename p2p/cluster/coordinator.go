@@ -12,10 +12,15 @@ import (
 
 var _ p2p.Coordinator = (*Node)(nil)
 
-// Self implements p2p.Coordinator. Voter is known once the node has joined;
-// Alive and LastSeen are the leader's to say (see Members).
+// Self implements p2p.Coordinator. Voter (and with it RaftAddr, empty for
+// a client) is known once the node has joined; Alive and LastSeen are the
+// leader's to say (see Members).
 func (n *Node) Self() p2p.Member {
-	return p2p.Member{ID: n.cfg.NodeID, PeerAddr: n.cfg.PeerAddr, RaftAddr: n.raftAddr, Voter: n.voter.Load()}
+	m := p2p.Member{ID: n.cfg.NodeID, PeerAddr: n.cfg.PeerAddr, Voter: n.voter.Load()}
+	if m.Voter {
+		m.RaftAddr = n.raftAddr
+	}
+	return m
 }
 
 // Blob implements p2p.Coordinator: a voter reads its own replica, a client

@@ -32,7 +32,7 @@ func (n *Node) serve(ctx context.Context, rt route, arg string, body []byte) (an
 			return nil, fmt.Errorf("%w: no node", errBadRequest)
 		}
 		if rt == routeHeartbeat {
-			return n.leaderHeartbeat(req.Node), nil
+			return n.leaderHeartbeat(req.Node)
 		}
 		_, err := n.applyLocal(ctx, command{Op: opLeave, Node: req.Node})
 		n.live.forget(req.Node)
@@ -173,13 +173,17 @@ func (n *Node) addVoter(ctx context.Context, r *raft.Raft, m memberRecord) error
 	return nil
 }
 
-func (n *Node) leaderHeartbeat(id p2p.NodeID) heartbeatResponse {
+func (n *Node) leaderHeartbeat(id p2p.NodeID) (heartbeatResponse, error) {
 	m, ok := n.fsm.member(id)
 	known := ok && !m.Gone
 	if known {
 		n.live.mark(id, time.Now())
+	} else if r := n.raft.Load(); r == nil || n.live.leading() != r.CurrentTerm() {
+		// A new leader may not have applied the whole log yet: saying
+		// "unknown" now could send a member rejoining for nothing.
+		return heartbeatResponse{}, fmt.Errorf("%w: the new leader is catching up", p2p.ErrNoLeader)
 	}
-	return heartbeatResponse{Known: known, View: n.localView()}
+	return heartbeatResponse{Known: known, View: n.localView()}, nil
 }
 
 // localView is the view this node, a voter, sends to clients: the leader
@@ -248,7 +252,13 @@ func (n *Node) leaderDuties(ctx context.Context, r *raft.Raft) {
 		if term := r.CurrentTerm(); n.live.leading() != term {
 			// A new leader has heard from nobody yet: everyone starts
 			// fresh rather than being expired for a silence it did not
-			// witness.
+			// witness. The barrier makes the members it reads current.
+			bctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+			err := waitFuture(bctx, r.Barrier(n.cfg.RequestTimeout))
+			cancel()
+			if err != nil {
+				continue
+			}
 			var ids []p2p.NodeID
 			for _, m := range n.fsm.members() {
 				ids = append(ids, m.ID)

@@ -31,7 +31,7 @@ type Node struct {
 	metrics *metrics
 
 	// Opened by New and owned by Run, which releases them when it returns
-	// (Close does if Run is never called).
+	// (Close does if Run never starts).
 	stream   *tlsStream // nil when standalone
 	store    *raftboltdb.BoltStore
 	snaps    *raft.FileSnapshotStore
@@ -92,12 +92,12 @@ func New(cfg Config) (*Node, error) {
 		joinSem: make(chan struct{}, 1),
 	}
 	if err := n.open(); err != nil {
-		n.Close()
+		n.releaseAll()
 		return nil, err
 	}
 	m, err := newMetrics(cfg.Registerer, n)
 	if err != nil {
-		n.Close()
+		n.releaseAll()
 		return nil, err
 	}
 	n.metrics = m
@@ -148,9 +148,17 @@ func (n *Node) open() error {
 	return nil
 }
 
-// Close releases what New opened. Run does so itself when it returns; call
-// Close only for a Node that will not run.
+// Close releases what New opened, for a Node that will not run: Run
+// releases them itself when it returns, and Close does nothing once Run has
+// started. A closed Node cannot run.
 func (n *Node) Close() error {
+	if !n.ran.CompareAndSwap(false, true) {
+		return nil
+	}
+	return n.releaseAll()
+}
+
+func (n *Node) releaseAll() error {
 	var errs []error
 	n.release.Do(func() {
 		n.outMu.Lock()
@@ -179,7 +187,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if !n.ran.CompareAndSwap(false, true) {
 		return ErrAlreadyRan
 	}
-	defer n.Close()
+	defer n.releaseAll()
 	rr, err := n.startRaft()
 	if err != nil {
 		return err
