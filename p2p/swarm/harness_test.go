@@ -200,28 +200,3 @@ func readAll(t testing.TB, n *node, d v1.Hash) []byte {
 	}
 	return data
 }
-
-func counter(t testing.TB, reg *prometheus.Registry, metric string, labels map[string]string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != metric {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue next
-				}
-			}
-			if m.GetCounter() != nil {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}

@@ -3,6 +3,7 @@ package swarm_test
 import (
 	"bytes"
 	"context"
+	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,7 +13,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/thaw-dev/thaw/p2p"
@@ -67,7 +67,7 @@ func TestBurstCostsTheOriginOneCopy(t *testing.T) {
 	}
 	var peer float64
 	for _, n := range c.nodes {
-		peer += counter(t, n.reg, "thaw_fetched_bytes_total", map[string]string{"source": "peer"})
+		peer += metricstest.Sum(t, n.reg, "thaw_fetched_bytes_total", map[string]string{"source": "peer"})
 	}
 	if peer < float64(7*len(data)) {
 		t.Fatalf("peers moved %v bytes, want at least %d", peer, 7*len(data))
@@ -93,7 +93,7 @@ func TestBadPeerIsAvoided(t *testing.T) {
 	burst(t, c, repo, d, data)
 	var avoided float64
 	for _, n := range c.nodes {
-		avoided += counter(t, n.reg, "thaw_p2p_bad_peers_total", nil)
+		avoided += metricstest.Sum(t, n.reg, "thaw_p2p_bad_peers_total", nil)
 	}
 	if avoided == 0 {
 		t.Fatal("no node noticed the corrupting peer")
@@ -129,7 +129,7 @@ func TestPartitionedNodeFallsBackToOrigin(t *testing.T) {
 	if got := readAll(t, c.nodes[0], d); !bytes.Equal(got, data) {
 		t.Fatal("content differs")
 	}
-	if got := counter(t, c.nodes[0].reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"}); got != 1 {
+	if got := metricstest.Sum(t, c.nodes[0].reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"}); got != 1 {
 		t.Fatalf("fallback origin fetches = %v, want 1", got)
 	}
 }
@@ -185,7 +185,7 @@ func burstAsync(t *testing.T, c *cluster, repo name.Repository, d v1.Hash) func(
 }
 
 func peerBytes(t *testing.T, n *node) float64 {
-	return counter(t, n.reg, "thaw_fetched_bytes_total", map[string]string{"source": "peer"})
+	return metricstest.Sum(t, n.reg, "thaw_fetched_bytes_total", map[string]string{"source": "peer"})
 }
 
 // TestPeerDiesMidTransfer: a downloading peer crashes mid-burst; the others
@@ -240,31 +240,11 @@ func TestStalledPeer(t *testing.T) {
 	}
 	var stalled float64
 	for _, n := range c.nodes[1:3] {
-		stalled += histCount(t, n.reg, "thaw_p2p_piece_duration_seconds", "stalled")
+		stalled += metricstest.Sum(t, n.reg, "thaw_p2p_piece_duration_seconds", map[string]string{"result": "stalled"})
 	}
 	if stalled == 0 {
 		t.Fatal("no piece request to the stalled peer was cut; the test did not exercise a stall")
 	}
-}
-
-func histCount(t *testing.T, reg *prometheus.Registry, metric, result string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != metric {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "result" && lp.GetValue() == result {
-					return float64(m.GetHistogram().GetSampleCount())
-				}
-			}
-		}
-	}
-	return 0
 }
 
 // TestSeederDiesNewSeederTakesOver: the seeder crashes mid-blob; once the
@@ -300,8 +280,8 @@ func TestSeederDiesNewSeederTakesOver(t *testing.T) {
 	}
 	var seeders, fallbacks float64
 	for _, n := range c.nodes[1:] {
-		seeders += counter(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "seeder"})
-		fallbacks += counter(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"})
+		seeders += metricstest.Sum(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "seeder"})
+		fallbacks += metricstest.Sum(t, n.reg, "thaw_p2p_origin_fetches_total", map[string]string{"reason": "fallback"})
 	}
 	if seeders != 1 || fallbacks != 0 {
 		t.Fatalf("after the seeder died: %v new seeders and %v fallbacks, want 1 and 0", seeders, fallbacks)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"io"
 	"slices"
 	"testing"
@@ -72,7 +73,7 @@ func TestOpenCompleteBlobIsCacheHit(t *testing.T) {
 	if calls := src.calls(); len(calls) != 0 {
 		t.Fatalf("source called %v for a stored blob", calls)
 	}
-	if got := metric(t, e.reg, "thaw_cache_requests_total", map[string]string{"kind": "blob", "result": "hit"}); got != 1 {
+	if got := metricstest.Sum(t, e.reg, "thaw_cache_requests_total", map[string]string{"kind": "blob", "result": "hit"}); got != 1 {
 		t.Fatalf("blob cache hits = %v, want 1", got)
 	}
 }
@@ -93,7 +94,7 @@ func TestOpenStreamsAsBytesArrive(t *testing.T) {
 		if source != metrics.SourceUpstream || b.Complete() || b.Size() != int64(len(data)) {
 			t.Fatalf("Open while fetching: source %q, complete %v, size %d", source, b.Complete(), b.Size())
 		}
-		if got := metric(t, e.reg, "thaw_fetches_in_flight", nil); got != 1 {
+		if got := metricstest.Sum(t, e.reg, "thaw_fetches_in_flight", nil); got != 1 {
 			t.Fatalf("thaw_fetches_in_flight = %v during the fetch, want 1", got)
 		}
 		s := <-src.streams
@@ -130,7 +131,7 @@ func TestOpenStreamsAsBytesArrive(t *testing.T) {
 			{"thaw_cache_requests_total", map[string]string{"kind": "blob", "result": "miss"}, 1},
 			{"thaw_upstream_errors_total", nil, 0},
 		} {
-			if got := metric(t, e.reg, m.name, m.labels); got != m.want {
+			if got := metricstest.Sum(t, e.reg, m.name, m.labels); got != m.want {
 				t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
 			}
 		}
@@ -192,7 +193,7 @@ func TestOneFetchForConcurrentCallers(t *testing.T) {
 			t.Fatalf("source called %d times, want 1", got)
 		}
 		synctest.Wait()
-		if got := metric(t, e.reg, "thaw_fetched_bytes_total", nil); got != float64(len(data)) {
+		if got := metricstest.Sum(t, e.reg, "thaw_fetched_bytes_total", nil); got != float64(len(data)) {
 			t.Fatalf("thaw_fetched_bytes_total = %v, want %d", got, len(data))
 		}
 	})
@@ -353,7 +354,7 @@ func TestResumeAndFailure(t *testing.T) {
 				if tt.wantElapsed != 0 && elapsed != tt.wantElapsed {
 					t.Errorf("fetch took %vs, want %vs", elapsed, tt.wantElapsed)
 				}
-				if got := metric(t, e.reg, "thaw_fetches_in_flight", nil); got != 0 {
+				if got := metricstest.Sum(t, e.reg, "thaw_fetches_in_flight", nil); got != 0 {
 					t.Errorf("thaw_fetches_in_flight = %v after the fetch", got)
 				}
 				n, complete := present(t, e.store, dgst)
@@ -380,7 +381,7 @@ func TestResumeAndFailure(t *testing.T) {
 				if complete || n != tt.wantPresent {
 					t.Errorf("store has %d bytes (complete %v), want %d", n, complete, tt.wantPresent)
 				}
-				if got := metric(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": tt.wantKind}); got != 1 {
+				if got := metricstest.Sum(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": tt.wantKind}); got != 1 {
 					t.Errorf("thaw_upstream_errors_total{kind=%q} = %v, want 1", tt.wantKind, got)
 				}
 			})
@@ -411,7 +412,7 @@ func TestPartialResumedByNextFetch(t *testing.T) {
 		if got := src.calls(); !slices.Equal(got, []int64{0, chunk}) {
 			t.Fatalf("source called at offsets %v, want [0 %d]", got, chunk)
 		}
-		if got := metric(t, e.reg, "thaw_fetched_bytes_total", nil); got != float64(len(data)) {
+		if got := metricstest.Sum(t, e.reg, "thaw_fetched_bytes_total", nil); got != float64(len(data)) {
 			t.Fatalf("thaw_fetched_bytes_total = %v, want %d: the kept bytes were fetched again", got, len(data))
 		}
 	})
@@ -452,7 +453,7 @@ func TestDigestMismatchStoresNothing(t *testing.T) {
 		if n, _ := present(t, e.store, dgst); n != -1 {
 			t.Fatalf("store kept %d bytes of a wrong blob", n)
 		}
-		if got := metric(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": "digest_mismatch"}); got != 1 {
+		if got := metricstest.Sum(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": "digest_mismatch"}); got != 1 {
 			t.Fatalf("thaw_upstream_errors_total{kind=digest_mismatch} = %v, want 1", got)
 		}
 		if got := len(src.calls()); got != 1 {
@@ -500,7 +501,7 @@ func TestCloseStopsFetchesAndKeepsPartial(t *testing.T) {
 		if n, complete := present(t, e.store, dgst); complete || n != chunk {
 			t.Fatalf("after Close the store has %d bytes (complete %v), want a partial of %d", n, complete, chunk)
 		}
-		if got := metric(t, e.reg, "thaw_fetches_in_flight", nil); got != 0 {
+		if got := metricstest.Sum(t, e.reg, "thaw_fetches_in_flight", nil); got != 0 {
 			t.Fatalf("thaw_fetches_in_flight = %v after Close", got)
 		}
 		if got := len(src.calls()); got != 1 {
@@ -583,7 +584,7 @@ func TestErrorBeforeStartReachesCallers(t *testing.T) {
 	if _, err := e.fetcher.Ensure(t.Context(), repo, dgst); !errors.Is(err, puller.ErrUnauthorized) {
 		t.Fatalf("Ensure = %v, want ErrUnauthorized", err)
 	}
-	if got := metric(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": "unauthorized"}); got != 2 {
+	if got := metricstest.Sum(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": "unauthorized"}); got != 2 {
 		t.Fatalf("thaw_upstream_errors_total{kind=unauthorized} = %v, want 2", got)
 	}
 }
@@ -625,7 +626,7 @@ func TestCountBytesAndOnCommit(t *testing.T) {
 				if err := <-done; (err == nil) != !tt.corrupt {
 					t.Fatalf("Ensure = %v", err)
 				}
-				if got := metric(t, e.reg, "thaw_fetched_bytes_total", nil); got != tt.wantCounted {
+				if got := metricstest.Sum(t, e.reg, "thaw_fetched_bytes_total", nil); got != tt.wantCounted {
 					t.Errorf("thaw_fetched_bytes_total = %v, want %v", got, tt.wantCounted)
 				}
 				if len(commits) != tt.wantCommits || tt.wantCommits == 1 && commits[0] != (commit{dgst, int64(len(data))}) {

@@ -137,39 +137,6 @@ func newEnv(t *testing.T, cfg fetch.Config, st *store.Store, src puller.Source, 
 	return &env{store: st, fetcher: f, reg: reg}
 }
 
-// metric sums the samples of a counter, gauge or histogram (its count) whose
-// labels include labels.
-func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue next
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
-}
-
 // present returns how many bytes of dgst the store has and whether it is
 // complete; -1 when it has none.
 func present(t *testing.T, st store.Admin, dgst v1.Hash) (int64, bool) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -103,7 +104,7 @@ func TestManifestStoredThenServedFromCache(t *testing.T) {
 		t.Fatalf("manifest source called %d times, want 1", got)
 	}
 	for result, want := range map[string]float64{"hit": 1, "miss": 1} {
-		if got := metric(t, e.reg, "thaw_cache_requests_total", map[string]string{"kind": "manifest", "result": result}); got != want {
+		if got := metricstest.Sum(t, e.reg, "thaw_cache_requests_total", map[string]string{"kind": "manifest", "result": result}); got != want {
 			t.Errorf("manifest cache %s = %v, want %v", result, got, want)
 		}
 	}
@@ -131,7 +132,7 @@ func TestManifestErrors(t *testing.T) {
 			if n, _ := present(t, e.store, dgst); n != -1 {
 				t.Fatalf("a failed manifest left %d bytes in the store", n)
 			}
-			if got := metric(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": tt.wantKind}); got != 1 {
+			if got := metricstest.Sum(t, e.reg, "thaw_upstream_errors_total", map[string]string{"kind": tt.wantKind}); got != 1 {
 				t.Fatalf("thaw_upstream_errors_total{kind=%q} = %v, want 1", tt.wantKind, got)
 			}
 		})
@@ -271,7 +272,7 @@ func TestFetchFromRegistry(t *testing.T) {
 			t.Errorf("Ensure(%s) after Open = %v, %v; want cached", d, cached, err)
 		}
 	}
-	if got := metric(t, e.reg, "thaw_fetched_bytes_total", map[string]string{"source": "upstream"}); got != float64(total) {
+	if got := metricstest.Sum(t, e.reg, "thaw_fetched_bytes_total", map[string]string{"source": "upstream"}); got != float64(total) {
 		t.Fatalf("thaw_fetched_bytes_total = %v, want %d", got, total)
 	}
 }

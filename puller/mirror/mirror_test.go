@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -89,7 +90,7 @@ func TestPullThroughMirror(t *testing.T) {
 	if got := o.blobBytes(); got != total {
 		t.Fatalf("origin sent %d blob bytes for layers of %d: the second round did not come from the store", got, total)
 	}
-	if got := counterValue(t, n.reg, "thaw_served_bytes_total", map[string]string{"source": "cache"}); got < float64(total) {
+	if got := metricstest.Sum(t, n.reg, "thaw_served_bytes_total", map[string]string{"source": "cache"}); got < float64(total) {
 		t.Fatalf("cache bytes metric %v < %d", got, total)
 	}
 }
@@ -258,7 +259,7 @@ func TestWrongDigestFromUpstream(t *testing.T) {
 	if bytes.Equal(body, bad) {
 		t.Fatal("second request: the client received the whole tampered blob")
 	}
-	if got := counterValue(t, n.reg, "thaw_upstream_errors_total", map[string]string{"kind": "digest_mismatch"}); got < 1 {
+	if got := metricstest.Sum(t, n.reg, "thaw_upstream_errors_total", map[string]string{"kind": "digest_mismatch"}); got < 1 {
 		t.Fatalf("digest mismatches counted: %v", got)
 	}
 	// Once the upstream is honest again the blob comes through.
@@ -288,7 +289,7 @@ func TestStaleTagWhenUpstreamDown(t *testing.T) {
 				if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != want.String() {
 					t.Fatalf("stale resolution: %s %s", resp.Status, body)
 				}
-				if got := counterValue(t, n.reg, "thaw_stale_tag_resolutions_total", nil); got != 1 {
+				if got := metricstest.Sum(t, n.reg, "thaw_stale_tag_resolutions_total", nil); got != 1 {
 					t.Fatalf("stale resolutions counted %v", got)
 				}
 				return
