@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -210,10 +211,11 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the daemon's state: addresses, store usage, prefetch jobs",
+		Short: "Show the daemon's state: addresses, store usage, prefetch jobs, the cluster and blobs arriving",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := api.NewClient(g.apiAddr()).Status(cmd.Context())
+			c := api.NewClient(g.apiAddr())
+			s, err := c.Status(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -230,11 +232,54 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 				}
 				fmt.Fprintln(out, line)
 			}
-			return nil
+			return printClusterStatus(cmd.Context(), out, c)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printClusterStatus shows the cluster as this node sees it, and for each
+// blob arriving on this node, who seeds it and who holds it.
+func printClusterStatus(ctx context.Context, out io.Writer, c *api.Client) error {
+	var p peersAnswer
+	if err := c.Get(ctx, "/api/v1/peers", &p); err != nil {
+		return err
+	}
+	alive := 0
+	for _, m := range p.Members {
+		if m.Alive {
+			alive++
+		}
+	}
+	fmt.Fprintf(out, "cluster:   node %s, leader %s, %d members (%d alive as the leader sees it)\n", p.Self.ID, orNone(string(p.Leader)), len(p.Members), alive)
+	if p.Error != "" {
+		fmt.Fprintln(out, "           warning:", p.Error)
+	}
+	blobs, err := c.Blobs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, b := range blobs {
+		if b.Complete {
+			continue
+		}
+		var bp peersAnswer
+		if err := c.Get(ctx, "/api/v1/peers?blob="+b.Digest, &bp); err != nil || bp.Blob == nil {
+			continue
+		}
+		holders := make([]string, 0, len(bp.Blob.Holders))
+		for _, h := range bp.Blob.Holders {
+			state := "partial"
+			if h.Complete {
+				state = "complete"
+			}
+			holders = append(holders, string(h.Node)+" ("+state+")")
+		}
+		fmt.Fprintf(out, "arriving:  %s %s of %s, seeder %s, holders %s\n", shortDigest(b.Digest), human(b.Present), human(b.Size),
+			orNone(string(bp.Blob.Seeder)), strings.Join(holders, ", "))
+	}
+	return nil
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -108,6 +108,11 @@ func TestClusterBurstOneOriginCopy(t *testing.T) {
 	n2 := startClusterNode(t, "n2", issue(ca, "n2"), n0.peer)
 	nodes := []clusterNode{n0, n1, n2}
 	waitMembers(t, n0.dir, 3)
+	st, err := thaw(t.Context(), "status", "--data-dir", n1.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustContain(t, "status", st, "cluster:   node n1, leader n0, 3 members")
 
 	host, originBytes := countingRegistry(t)
 	img, err := random.Image(4<<20, 2)
