@@ -24,6 +24,10 @@ type Config struct {
 	// piece to before it tells the others to take it from those peers; it
 	// keeps the seeder's uplink for pieces nobody else has.
 	SeedCopies int
+	// PieceUploads caps the uploads of one piece a node serves at once, so a
+	// piece spreads as a tree (each receiver serving the next ones) rather
+	// than every node waiting on its first holder's uplink together.
+	PieceUploads int
 	// StallTimeout abandons a piece request that delivered no byte for this long.
 	StallTimeout time.Duration
 	// FallbackAfter reads the rest of a blob from the origin when no piece
@@ -49,7 +53,8 @@ func DefaultConfig() Config {
 		Parallel:      8,
 		Window:        16,
 		MaxUploads:    16,
-		SeedCopies:    2,
+		SeedCopies:    1,
+		PieceUploads:  2,
 		StallTimeout:  5 * time.Second,
 		FallbackAfter: 20 * time.Second,
 		CoordTimeout:  2 * time.Second,
@@ -66,8 +71,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("swarm: piece size %d: must be at least 64 KiB", c.PieceSize)
 	case c.Parallel < 1 || c.Window < c.Parallel:
 		return fmt.Errorf("swarm: parallel %d and window %d: need 1 <= parallel <= window", c.Parallel, c.Window)
-	case c.MaxUploads < 1 || c.SeedCopies < 1:
-		return fmt.Errorf("swarm: max uploads %d and seed copies %d must be >= 1", c.MaxUploads, c.SeedCopies)
+	case c.MaxUploads < 1 || c.SeedCopies < 1 || c.PieceUploads < 1:
+		return fmt.Errorf("swarm: max uploads %d, seed copies %d and piece uploads %d must be >= 1", c.MaxUploads, c.SeedCopies, c.PieceUploads)
 	case c.UploadRate < 0 || c.DownloadRate < 0:
 		return fmt.Errorf("swarm: rates must be >= 0")
 	case c.StallTimeout <= 0 || c.FallbackAfter <= 0 || c.CoordTimeout <= 0 || c.PollInterval <= 0 || c.BitmapWait <= 0:

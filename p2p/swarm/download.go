@@ -476,7 +476,7 @@ func (d *downloader) fetch(i int, p *peerState, addr string) {
 		p.have = nil
 	case errors.Is(err, errBusy):
 		result = "busy"
-		p.busy[i] = time.Now().Add(250 * time.Millisecond)
+		p.busy[i] = time.Now().Add(100 * time.Millisecond)
 	case errors.Is(err, errStalled):
 		result = "stalled"
 		p.busy[i] = time.Now().Add(d.s.cfg.StallTimeout)

@@ -25,6 +25,7 @@ type local struct {
 	mem     map[int][]byte // verified pieces the reader has not taken yet
 	version int            // bumped on every change
 	changed chan struct{}  // closed and replaced on every change
+	sending []int          // uploads of each piece running now
 	served  []int          // seeder: copies of each piece sent to peers
 	lastAt  []time.Time    // seeder: when the last copy was allowed
 }
@@ -34,7 +35,7 @@ func newLocal(size, pieceSize int64, trusted, seeding bool) *local {
 	return &local{
 		size: size, pieceSize: pieceSize, n: n, trusted: trusted, seeding: seeding,
 		hashes: make([]string, n), have: make([]bool, n), mem: map[int][]byte{},
-		changed: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n),
+		changed: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n), sending: make([]int, n),
 	}
 }
 
@@ -165,21 +166,32 @@ func (l *local) snapshotLocked(hashFrom int) bitmap {
 	return b
 }
 
-// allow reports whether the seeder should send piece i to one more peer,
-// counting the copy if so: at most copies, unless grace has passed since the
-// last one (the peers that got it may be gone). Non-seeders always send.
-func (l *local) allow(i, copies int, grace time.Duration, now time.Time) bool {
+// allow reports whether this node should send piece i to one more peer now,
+// and if so counts the upload (release it with done): at most uploads at a
+// time, and the seeder at most copies in all, unless grace has passed since
+// the last one (the peers that got it may be gone).
+func (l *local) allow(i, uploads, copies int, grace time.Duration, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.seeding {
-		return true
-	}
-	if l.served[i] >= copies && now.Sub(l.lastAt[i]) < grace {
+	if l.sending[i] >= uploads {
 		return false
 	}
-	l.served[i]++
-	l.lastAt[i] = now
+	if l.seeding {
+		if l.served[i] >= copies && now.Sub(l.lastAt[i]) < grace {
+			return false
+		}
+		l.served[i]++
+		l.lastAt[i] = now
+	}
+	l.sending[i]++
 	return true
+}
+
+// done ends an upload counted by allow.
+func (l *local) done(i int) {
+	l.mu.Lock()
+	l.sending[i]--
+	l.mu.Unlock()
 }
 
 // has reports whether bit i is set in a bitmap's Have.

@@ -94,10 +94,11 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "piece not here yet", http.StatusNotFound)
 		return
 	}
-	if !l.allow(i, s.cfg.SeedCopies, 2*s.cfg.StallTimeout, time.Now()) {
-		http.Error(w, "seeder sent this piece already, ask the peers that have it", http.StatusServiceUnavailable)
+	if !l.allow(i, s.cfg.PieceUploads, s.cfg.SeedCopies, 2*s.cfg.StallTimeout, time.Now()) {
+		http.Error(w, "this piece is on its way to other peers already; ask them", http.StatusServiceUnavailable)
 		return
 	}
+	defer l.done(i)
 	var src io.Reader
 	if data, ok := l.memPiece(i); ok {
 		src = byteReader(data)
