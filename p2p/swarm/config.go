@@ -43,7 +43,7 @@ type Config struct {
 	PollInterval, BitmapWait time.Duration
 }
 
-// DefaultConfig: 4 MiB pieces, 8 in flight within a 16-piece window, 16
+// DefaultConfig: 4 MiB pieces, 8 in flight within a 32-piece window, 16
 // uploads at once, no rate limits, fall back to the origin after 20 s without
 // progress (longer than the cluster takes to expire a dead seeder, so that
 // one node takes its role over rather than every node going to the origin).
@@ -51,7 +51,7 @@ func DefaultConfig() Config {
 	return Config{
 		PieceSize:     4 << 20,
 		Parallel:      8,
-		Window:        16,
+		Window:        32,
 		MaxUploads:    16,
 		SeedCopies:    1,
 		PieceUploads:  2,

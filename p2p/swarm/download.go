@@ -537,6 +537,11 @@ func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, 
 		return nil, causeOr(ctx, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// Read the short error body so the connection is reused: a refusal
+		// must not cost a new TCP connection and TLS handshake.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	}
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusServiceUnavailable, http.StatusNotFound:
@@ -592,6 +597,7 @@ func (s *Swarm) getBitmap(ctx context.Context, addr string, dgst v1.Hash, after,
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // keep the connection
 		return bitmap{}, fmt.Errorf("bitmap of %s from %s: %s", dgst, addr, resp.Status)
 	}
 	var b bitmap

@@ -200,12 +200,14 @@ func has(have []byte, i int) bool {
 }
 
 // committed turns the blob into a complete one: every piece served from the
-// store, no more seeding limits. It reports whether every digest is known
+// store. It reports whether every digest is known
 // (so the piece digests can be cached for later peers).
 func (l *local) committed() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seeding = false
+	// A seeder keeps rationing its copies (for the grace period after each):
+	// the peers still downloading are better served by each other than by
+	// all asking the one node that had the blob first.
 	l.mem = map[int][]byte{}
 	all := true
 	for i := range l.have {
