@@ -6,13 +6,14 @@ LDFLAGS := -X main.version=$(VERSION)
 # Fuzz each target briefly in `make test`; `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: help build demo test unit fuzz e2e bench clean
+.PHONY: help build demo test unit fuzz e2e bench bench-burst clean
 
 help:
 	@echo "make demo   build thaw and run the self-contained demo (no internet needed)"
 	@echo "make test   vet, unit and in-process integration tests with -race, short fuzzing"
 	@echo "make e2e    as root: real containerd, runc and registry end-to-end tests"
-	@echo "make bench  the README's benchmarks"
+	@echo "make bench  the mirror benchmarks of README"
+	@echo "make bench-burst  as root: the peer network's burst benchmark of README"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/thaw
@@ -37,9 +38,16 @@ fuzz:
 		done; \
 	done
 
+# Real containerd, runc and registry (integration/e2e), and the multi-node
+# harness: nodes in network namespaces with shaped links (integration/cluster).
 e2e:
 	bash integration/e2e-deps.sh
-	$(GO) test -tags e2e -count=1 -v -timeout 40m ./integration/e2e/...
+	$(GO) test -p 1 -tags e2e -count=1 -v -timeout 40m ./integration/...
+
+# The burst benchmark of README (as root, several minutes).
+bench-burst:
+	bash integration/e2e-deps.sh
+	THAW_BURST=1 $(GO) test -tags e2e -count=1 -run TestBurstBenchmark -v -timeout 60m ./integration/cluster/
 
 bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob' -benchtime 5x ./puller/mirror

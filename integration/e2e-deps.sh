@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what thaw's end-to-end tests (integration/e2e) run: containerd
-# (with ctr and the runc v2 shim), runc and docker-registry, from Debian's
-# packages. Idempotent: installs only what is missing, and does nothing
+# Installs what thaw's end-to-end tests (integration/e2e, integration/cluster)
+# run: containerd (with ctr and the runc v2 shim), runc and docker-registry,
+# and for the multi-node harness iproute2 (ip, tc), util-linux (nsenter) and
+# iptables, from Debian's packages. Idempotent: installs only what is missing, and does nothing
 # (not even apt-get update) when everything is there.
 #
 # The tests start their own containerd and registry; they do not use the
@@ -9,7 +10,7 @@
 # container has none).
 #
 #   sudo integration/e2e-deps.sh
-#   sudo go test -tags e2e -count=1 -v -timeout 40m ./integration/e2e/
+#   sudo go test -tags e2e -count=1 -v -timeout 40m ./integration/...
 set -euo pipefail
 
 die() {
@@ -21,7 +22,7 @@ die() {
 command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
 	die "needs a Debian-based system with apt-get; install containerd (1.6 or later, with ctr), runc and docker-registry (CNCF distribution v2) yourself"
 
-packages=(containerd runc docker-registry)
+packages=(containerd runc docker-registry iproute2 util-linux iptables)
 
 installed() {
 	[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
@@ -40,7 +41,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The programs the tests run, from whichever package provides them.
-for bin in containerd ctr containerd-shim-runc-v2 runc docker-registry; do
+for bin in containerd ctr containerd-shim-runc-v2 runc docker-registry ip tc nsenter iptables; do
 	command -v "$bin" >/dev/null || die "$bin is not on PATH after installing ${packages[*]}"
 done
 
