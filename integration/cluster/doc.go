@@ -1,0 +1,44 @@
+// Package cluster holds thaw's multi-node end-to-end tests: several real
+// `thaw daemon` processes, each in a network namespace of its own, forming
+// a peer network over shaped links, and a docker-registry (CNCF
+// distribution) in another namespace as the origin.
+//
+// The harness (harness_test.go, netns_test.go) builds, per test, a bridge in
+// the root namespace, one namespace per node and one for the registry, a
+// veth from each to the bridge, addresses in a 10.x.0.0/16 that no route of
+// the machine uses, and a tc token bucket (tbf) at the test's rate on both
+// ends of every veth, so that each host's uplink and downlink are each
+// limited to that rate. The root namespace gets an address on the bridge to
+// push the test image and to scrape metrics; the CLI talks to each daemon
+// over its unix socket, which crosses network namespaces. Names start with
+// thw<pid>; namespaces, links and processes are removed when a test ends,
+// failed or not, and leftovers of runs whose process is gone are removed
+// when the package starts.
+//
+// Fault tests (faults_test.go) kill a seeder, a downloader and the Raft
+// leader in the middle of a burst, start a node with a certificate of
+// another CA, and partition a node from its peers; they assert on metrics
+// and on the blobs each store holds, never on wall time. The burst
+// benchmark (bench_test.go) compares the peer network with every node
+// pulling straight from the registry and writes RESULTS.md; it runs only
+// with THAW_BURST=1.
+//
+// The tests need root, iproute2 (ip, tc), nsenter, iptables and
+// docker-registry, and the build tag e2e:
+//
+//	sudo go test -tags e2e -count=1 -v -timeout 30m ./integration/cluster/
+//	sudo THAW_BURST=1 go test -tags e2e -count=1 -run TestBurstBenchmark -v -timeout 60m ./integration/cluster/
+//
+// THAW_E2E_BIN, if set, is a thaw binary to test instead of building one;
+// THAW_E2E_LOGS=1 prints the tail of every daemon's log, not only when a
+// test fails. The benchmark reads THAW_BURST_SIZE (S, default 128MiB),
+// THAW_BURST_RATE (B, default 100mbit), THAW_BURST_NODES (default
+// 1,4,8,16), THAW_BURST_MODES (thaw,direct), THAW_BURST_PIECE and
+// THAW_BURST_FLAGS (daemon flags for tuning runs), THAW_BURST_RESULTS (the
+// report's path, default RESULTS.md here) and THAW_BURST_LOGS (a directory
+// to keep the daemons' logs in).
+//
+// The package owns the network plumbing and the processes; it does not
+// test thaw's packages one by one (their own tests do, p2p/cluster and
+// p2p/swarm in-process).
+package cluster
