@@ -40,7 +40,10 @@ type clusterNode struct {
 func startClusterNode(t *testing.T, name, tlsDir string, join string) clusterNode {
 	n := clusterNode{dir: t.TempDir(), peer: "127.0.0.1:" + freePort(t), metrics: "127.0.0.1:" + freePort(t)}
 	args := []string{"--node-id", name, "--tls-dir", tlsDir, "--advertise-addr", "127.0.0.1",
-		"--peer-addr", n.peer, "--raft-addr", "127.0.0.1:" + freePort(t), "--metrics-addr", n.metrics}
+		"--peer-addr", n.peer, "--raft-addr", "127.0.0.1:" + freePort(t), "--metrics-addr", n.metrics,
+		// Under -race on two busy cores a Raft commit can take seconds; the
+		// test is about the swarm, not about falling back on a slow leader.
+		"--cluster-timeout", "20s"}
 	if join != "" {
 		args = append(args, "--join", join)
 	}

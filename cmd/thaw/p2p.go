@@ -34,7 +34,10 @@ type peerConfig struct {
 	RaftAddr      string // listen address of the Raft transport
 	Join          []string
 	Voters        int
-	Swarm         swarm.Config
+	// Timeout bounds each coordination call; past it a node reads from the
+	// origin rather than wait for the cluster.
+	Timeout time.Duration
+	Swarm   swarm.Config
 }
 
 // peerNode is the wired peer network of a daemon.
@@ -72,6 +75,10 @@ func newPeerNode(cfg peerConfig, dataDir string, st *store.Store, origin puller.
 	ccfg.DataDir = filepath.Join(dataDir, "cluster")
 	ccfg.Join = cfg.Join
 	ccfg.Voters = cfg.Voters
+	if cfg.Timeout > 0 {
+		ccfg.RequestTimeout = cfg.Timeout
+		cfg.Swarm.CoordTimeout = cfg.Timeout
+	}
 	ccfg.Logger = log
 	ccfg.Registerer = reg
 	ccfg.Inventory = inventory(st, log)
