@@ -42,6 +42,7 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newStatusCmd(g),
 		newDemoCmd(g),
 		newPeersCmd(g),
+		newReplayCmd(g),
 		newCertsCmd(),
 		newVersionCmd(),
 	)
