@@ -28,18 +28,27 @@ unit:
 	$(GO) test -race -count=1 ./...
 
 # Every Fuzz* target, each for FUZZTIME, on top of its seed corpus (which
-# `unit` already runs as ordinary tests).
+# `unit` already runs as ordinary tests). A failure that left a new input in
+# testdata/fuzz is a finding and fails at once; one that left none (the fuzz
+# engine losing a worker on a loaded machine) is retried once, with its log.
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
+		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || \
-				{ echo "fuzzing $$f in $$pkg failed; the failing input is in that package's testdata/fuzz"; exit 1; }; \
+			for try in 1 2; do \
+				before=$$(ls $$dir/testdata/fuzz/$$f 2>/dev/null | wc -l); \
+				if $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/thaw-fuzz.log 2>&1; then break; fi; \
+				tail -n 40 /tmp/thaw-fuzz.log; \
+				after=$$(ls $$dir/testdata/fuzz/$$f 2>/dev/null | wc -l); \
+				if [ "$$after" != "$$before" ] || [ $$try = 2 ]; then \
+					echo "fuzzing $$f in $$pkg failed; a failing input, if any, is in $$dir/testdata/fuzz/$$f"; exit 1; \
+				fi; \
+				echo "fuzzing $$f stopped without a finding; retrying once"; \
+			done; \
 		done; \
 	done
 
-# Real containerd, runc and registry (integration/e2e), and the multi-node
-# harness: nodes in network namespaces with shaped links (integration/cluster).
 e2e:
 	bash integration/e2e-deps.sh
 	$(GO) test -p 1 -tags e2e -count=1 -v -timeout 40m ./integration/...
