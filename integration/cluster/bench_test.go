@@ -256,9 +256,9 @@ func (h *harness) burst(t *testing.T, cfg burstConfig, mode string, n int) *burs
 	originBefore := h.reg.host.txBytes(t)
 	ctx, stopSampling := context.WithCancel(context.Background())
 	cpuDone := make(chan cpuStats, 1)
-	pids := []int{os.Getpid(), h.reg.proc.cmd.Process.Pid}
+	pids := []int{os.Getpid(), h.reg.proc.Cmd.Process.Pid}
 	for _, d := range ds {
-		pids = append(pids, d.proc.cmd.Process.Pid)
+		pids = append(pids, d.proc.Cmd.Process.Pid)
 	}
 	go func() { cpuDone <- sampleCPU(ctx, 500*time.Millisecond, pids) }()
 	progress := newProgress(ds)
@@ -306,7 +306,7 @@ func stopAll(t *testing.T, ds []*daemon) {
 	t.Helper()
 	var wg sync.WaitGroup
 	for _, d := range ds {
-		wg.Go(func() { d.proc.stop(t) })
+		wg.Go(func() { d.proc.Stop(t) })
 	}
 	wg.Wait()
 }
@@ -317,7 +317,7 @@ func copyLog(t *testing.T, d *daemon, dir string) {
 		t.Errorf("logs: %v", err)
 		return
 	}
-	src, err := os.Open(d.proc.log)
+	src, err := os.Open(d.proc.Log)
 	if err != nil {
 		t.Errorf("logs: %v", err)
 		return

@@ -22,7 +22,7 @@ const (
 func waitSeeder(t *testing.T, d *daemon, dgst string) string {
 	t.Helper()
 	var seeder string
-	d.proc.waitFor(t, "naming a seeder for "+dgst, time.Minute, func() error {
+	d.proc.WaitFor(t, "naming a seeder for "+dgst, time.Minute, func() error {
 		v, err := d.peers("--blob", dgst)
 		if err != nil {
 			return err
@@ -40,7 +40,7 @@ func waitSeeder(t *testing.T, d *daemon, dgst string) string {
 // and uploaded at least up bytes to peers.
 func waitBytes(t *testing.T, d *daemon, n, up int64, what string) {
 	t.Helper()
-	d.proc.waitFor(t, what, 2*time.Minute, func() error {
+	d.proc.WaitFor(t, what, 2*time.Minute, func() error {
 		m, err := d.scrape()
 		if err != nil {
 			return err
@@ -125,7 +125,7 @@ func TestNodeKilledMidBurst(t *testing.T) {
 			// Killed while it serves others: once it uploaded a piece.
 			waitBytes(t, victim, h.img.layerSize/3, 1, "a third of the layer in, a piece out")
 			vm := victim.mustScrape(t)
-			victim.proc.kill(t)
+			victim.proc.Kill(t)
 			t.Logf("killed %s after %.1fs, with %.1f MiB from the origin, %.1f MiB from peers, %.1f MiB uploaded",
 				victim.name, time.Since(start).Seconds(), mibf(vm.upstreamBytes()), mibf(vm.peerBytes()), mibf(vm.uploadBytes()))
 			if r := ps[victim].wait(); r.err == nil {
@@ -181,7 +181,7 @@ func TestLeaderKilledMidBurst(t *testing.T) {
 	// Transfers in flight: some node other than the seeder and the leader
 	// has pieces from peers.
 	waitBytes(t, survivors[1], h.img.layerSize/4, 0, "a quarter of the layer from peers")
-	leader.proc.kill(t)
+	leader.proc.Kill(t)
 	killedAt := time.Since(start)
 	t.Logf("killed the leader %s after %.1fs", leader.name, killedAt.Seconds())
 	if r := lp.wait(); r.err == nil {
@@ -196,7 +196,7 @@ func TestLeaderKilledMidBurst(t *testing.T) {
 
 	for _, d := range survivors {
 		var nv peersView
-		d.proc.waitFor(t, "showing a new leader", time.Minute, func() error {
+		d.proc.WaitFor(t, "showing a new leader", time.Minute, func() error {
 			var err error
 			if nv, err = d.peers(); err != nil {
 				return err
@@ -243,13 +243,13 @@ func TestForeignCANodeCannotJoin(t *testing.T) {
 		assertNotMember(t, intruder, ds)
 		time.Sleep(time.Second)
 	}
-	own := grepFile(intruder.proc.log, "certificate", "tls:")
+	own := grepFile(intruder.proc.Log, "certificate", "tls:")
 	var theirs []string
 	for _, d := range ds {
-		theirs = append(theirs, grepFile(d.proc.log, "certificate", "tls:")...)
+		theirs = append(theirs, grepFile(d.proc.Log, "certificate", "tls:")...)
 	}
 	if len(own)+len(theirs) == 0 {
-		t.Errorf("no TLS error in the intruder's nor the cluster's logs; intruder's log:\n%s", tail(intruder.proc.log, 30))
+		t.Errorf("no TLS error in the intruder's nor the cluster's logs; intruder's log:\n%s", tail(intruder.proc.Log, 30))
 	}
 	t.Logf("TLS errors logged: %d by the intruder, e.g.\n%s\n%d by the cluster, e.g.\n%s",
 		len(own), strings.Join(own[:min(2, len(own))], "\n"), len(theirs), strings.Join(theirs[:min(2, len(theirs))], "\n"))
@@ -361,7 +361,7 @@ func TestPartitionedNodeFallsBack(t *testing.T) {
 	if m.upstreamBytes() == 0 {
 		t.Errorf("%s: no bytes from the origin after the cut", victim.name)
 	}
-	if fb := grepFile(victim.proc.log, "origin"); len(fb) > 0 {
+	if fb := grepFile(victim.proc.Log, "origin"); len(fb) > 0 {
 		t.Logf("%s's log on the fallback:\n%s", victim.name, strings.Join(fb[:min(5, len(fb))], "\n"))
 	}
 

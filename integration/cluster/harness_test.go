@@ -152,7 +152,7 @@ http:
 	}
 	r := &registry{host: h, addr: addr}
 	r.proc = startProcess(t, dir, "docker-registry", h.name, cleanEnv(), "docker-registry", "serve", cfgPath)
-	r.proc.waitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
+	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
 	return r
 }
 
@@ -315,7 +315,7 @@ func (h *harness) launchDaemon(t *testing.T, i int, o daemonOpts) *daemon {
 // waitReady waits until the daemon answers on its metrics and API.
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
-	d.proc.waitFor(t, "answering on metrics and API", 60*time.Second, func() error {
+	d.proc.WaitFor(t, "answering on metrics and API", 60*time.Second, func() error {
 		if err := wantStatus200(d.metrics)(); err != nil {
 			return err
 		}
@@ -601,7 +601,7 @@ func (v peersView) member(id string) (peerMember, bool) {
 func (d *daemon) waitMembers(t *testing.T, timeout time.Duration, ids ...string) peersView {
 	t.Helper()
 	var v peersView
-	d.proc.waitFor(t, "listing "+strings.Join(ids, ", "), timeout, func() error {
+	d.proc.WaitFor(t, "listing "+strings.Join(ids, ", "), timeout, func() error {
 		var err error
 		if v, err = d.peers(); err != nil {
 			return err

@@ -197,7 +197,7 @@ func TestPrefetchIntoContainerd(t *testing.T) {
 func TestFallbackToRegistryWhenThawIsDown(t *testing.T) {
 	n := newNode(t)
 
-	n.thaw.proc.kill(t)
+	n.thaw.proc.Kill(t)
 	if c, err := net.DialTimeout("tcp", n.thaw.mirrorAddr, time.Second); err == nil {
 		c.Close()
 		t.Fatalf("thaw was killed but its mirror %s still accepts connections", n.thaw.mirrorAddr)
@@ -235,7 +235,7 @@ func TestDefaultHostsFile(t *testing.T) {
 	}
 
 	n.ctrd.ctr(t, "images", "rm", "--sync", n.img.ref)
-	n.thaw.proc.kill(t)
+	n.thaw.proc.Kill(t)
 	if _, err := n.ctrd.pull(t, n.hostsDir, n.img.ref); err != nil {
 		t.Fatalf("pull with thaw down: %v", err)
 	}

@@ -3,128 +3,30 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"errors"
-	"fmt"
+	"github.com/thaw-dev/thaw/integration/testenv"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
-// process is a service a test started in a process group of its own, so that
-// stopping it also stops whatever it forked.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string // stdout and stderr
-	done chan struct{}
-	err  error // set when done is closed
-}
+// The process helpers shared with the other end-to-end package.
+type process = testenv.Process
 
-// startProcess starts bin in its own process group with output to
-// <dir>/<name>.log, and registers a cleanup that stops it (and prints the
-// log's tail if the test failed or THAW_E2E_LOGS is set).
+var (
+	runCmd   = testenv.RunCmd
+	tail     = testenv.Tail
+	cleanEnv = testenv.CleanEnv
+)
+
+// startProcess starts a service; see testenv.Start.
 func startProcess(t *testing.T, dir, name string, env []string, bin string, args ...string) *process {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() || os.Getenv("THAW_E2E_LOGS") != "" {
-			t.Logf("--- last lines of %s (%s) ---\n%s", name, logPath, tail(logPath, 40))
-		}
-	})
-	return p
-}
-
-// stop sends SIGTERM to the process group and, after 10 s, SIGKILL. It is a
-// no-op once the process has exited.
-func (p *process) stop(t *testing.T) {
-	t.Helper()
-	p.signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(10 * time.Second):
-		t.Logf("%s did not exit 10 s after SIGTERM; killing it", p.name)
-	}
-	p.kill(t)
-}
-
-// kill sends SIGKILL to the process group and waits for the process to exit:
-// a crash, not a shutdown.
-func (p *process) kill(t *testing.T) {
-	t.Helper()
-	p.signal(syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("%s (pid %d) survived SIGKILL", p.name, p.cmd.Process.Pid)
-	}
-}
-
-func (p *process) signal(sig syscall.Signal) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	// The group id is the leader's pid (Setpgid).
-	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-}
-
-// exited reports whether the process has exited, and how.
-func (p *process) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// waitFor polls check until it returns nil, the process exits, or timeout.
-func (p *process) waitFor(t *testing.T, what string, timeout time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if done, exitErr := p.exited(); done {
-			t.Fatalf("%s exited (%v) before %s; its log:\n%s", p.name, exitErr, what, tail(p.log, 40))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s not within %s: %v; its log:\n%s", p.name, what, timeout, err, tail(p.log, 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return testenv.Start(t, dir, name, "", env, bin, args...)
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -197,47 +99,4 @@ func killStrays(t *testing.T, marker string) {
 		t.Logf("killing leftover process %d: %s", pid, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-}
-
-// runCmd runs a short-lived command and returns its combined output.
-func runCmd(ctx context.Context, env []string, bin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = env
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
-}
-
-// cleanEnv is the environment for the services: this process's, without
-// THAW_* variables that would configure the daemon behind the test's back.
-func cleanEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "THAW_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
 }

@@ -79,7 +79,7 @@ http:
 	}
 	r := &registry{addr: addr}
 	r.proc = startProcess(t, dir, "docker-registry", cleanEnv(), "docker-registry", "serve", cfgPath)
-	r.proc.waitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
+	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
 	return r
 }
 
@@ -97,7 +97,7 @@ type request struct {
 // requests returns every request the registry has logged so far.
 func (r *registry) requests(t *testing.T) []request {
 	t.Helper()
-	f, err := os.Open(r.proc.log)
+	f, err := os.Open(r.proc.Log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func (r *registry) requestsFrom(t *testing.T, agent string) []request {
 // so that a later success cannot have come from it.
 func (r *registry) stop(t *testing.T) {
 	t.Helper()
-	r.proc.stop(t)
+	r.proc.Stop(t)
 	if c, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
 		c.Close()
 		t.Fatalf("registry stopped but %s still accepts connections", r.addr)
@@ -200,7 +200,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	// stopped (cleanups run last in, first out).
 	t.Cleanup(func() { killStrays(t, sock) })
 	c.proc = startProcess(t, t.TempDir(), "containerd", cleanEnv(), "containerd", "-c", cfgPath)
-	c.proc.waitFor(t, "answering ctr version", 30*time.Second, func() error {
+	c.proc.WaitFor(t, "answering ctr version", 30*time.Second, func() error {
 		_, err := c.ctrErr(t, 5*time.Second, "version")
 		return err
 	})
@@ -286,7 +286,7 @@ func startThaw(t *testing.T, insecureRegistry string, extra ...string) *thawDaem
 		"--log-level", "debug",
 	}, extra...)
 	d.proc = startProcess(t, dir, "thaw", cleanEnv("DOCKER_CONFIG="+dockerConfig), thawBin, args...)
-	d.proc.waitFor(t, "answering on mirror and metrics", 20*time.Second, func() error {
+	d.proc.WaitFor(t, "answering on mirror and metrics", 20*time.Second, func() error {
 		if err := wantStatus200("http://" + d.mirrorAddr + "/v2/")(); err != nil {
 			return err
 		}
