@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -76,4 +77,48 @@ type Coordinator interface {
 	Announce(ctx context.Context, dgst v1.Hash, size int64, complete bool) error
 	// Drop records that this node no longer holds dgst (evicted, failed).
 	Drop(ctx context.Context, dgst v1.Hash) error
+}
+
+// ErrStateFull: the replicated state holds as many records of a kind as it
+// allows (see RecordStore); the put is refused whole.
+var ErrStateFull = errors.New("replicated state full")
+
+// Record is a small value that a layer above the cluster (the predictor)
+// keeps in the replicated state, so that it survives a leader change.
+// Records are namespaced by Kind and keyed by Key within it; they are
+// removed by their writer or, at the latest, by the leader once Expires has
+// passed.
+type Record struct {
+	Kind string `json:"kind"`
+	Key  string `json:"key"`
+	// Node is the node the record concerns, empty for the whole cluster;
+	// readers filter on it.
+	Node NodeID `json:"node,omitempty"`
+	// Expires is when the leader deletes the record; required.
+	Expires time.Time `json:"expires"`
+	// Value is the record's JSON value, opaque to the cluster.
+	Value json.RawMessage `json:"value"`
+}
+
+// RecordStore is the cluster's replicated key-value store of small records.
+// Every method is safe for concurrent use and bounded in time like the
+// Coordinator's (ErrNoLeader when the leader cannot be reached). The store
+// is bounded: a kind holds at most a configured number of records and a
+// value a configured size; a put over either limit fails whole with
+// ErrStateFull (count) or a bad-request error (size, empty kind or key,
+// zero Expires), and changes nothing.
+type RecordStore interface {
+	// PutRecords creates or replaces records, and deletes the records named
+	// in del (kind and key; Node, Expires and Value are ignored), in one
+	// atomic commit; a record both put and deleted is put. Keys absent on
+	// delete are ignored.
+	PutRecords(ctx context.Context, put []Record, del []Record) error
+	// Records lists the records of kind concerning node (every record of
+	// the kind when node is empty), sorted by key. It may be served by any
+	// voter and be slightly stale; expired records may still be listed
+	// until the leader deletes them.
+	Records(ctx context.Context, kind string, node NodeID) ([]Record, error)
+	// Leading reports whether this node is the leader now: the one place
+	// where cluster-wide duties (the predictor's planning) run.
+	Leading() bool
 }

@@ -138,6 +138,26 @@ type Config struct {
 	// whether to snapshot, and how many new log entries make it do so.
 	RaftSnapshotInterval  time.Duration
 	RaftSnapshotThreshold uint64
+
+	// MaxRecordsPerKind and MaxRecordValue bound the record store
+	// (p2p.RecordStore); zero means DefaultMaxRecordsPerKind and
+	// DefaultMaxRecordValue. The leader's limits apply.
+	MaxRecordsPerKind int
+	MaxRecordValue    int
+}
+
+func (c Config) maxRecordsPerKind() int {
+	if c.MaxRecordsPerKind > 0 {
+		return c.MaxRecordsPerKind
+	}
+	return DefaultMaxRecordsPerKind
+}
+
+func (c Config) maxRecordValue() int {
+	if c.MaxRecordValue > 0 {
+		return c.MaxRecordValue
+	}
+	return DefaultMaxRecordValue
 }
 
 // DefaultConfig returns the settings a node uses unless told otherwise.

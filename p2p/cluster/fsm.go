@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/hashicorp/raft"
@@ -37,6 +38,12 @@ type command struct {
 	Digest    v1.Hash `json:"digest,omitzero"`
 	Size      int64   `json:"size,omitempty"`
 	Complete  bool    `json:"complete,omitempty"`
+	// Records (records.go): Put and Del of an opRecords, with the leader's
+	// per-kind Limit; Now of an opExpireRecords.
+	Put   []p2p.Record `json:"put,omitempty"`
+	Del   []p2p.Record `json:"del,omitempty"`
+	Limit int          `json:"limit,omitempty"`
+	Now   time.Time    `json:"now,omitzero"`
 }
 
 // applyResult is what fsm.Apply returns to the leader's raft.ApplyFuture.
@@ -79,6 +86,8 @@ type state struct {
 	// byNode indexes blobs by the nodes holding or seeding them, so that a
 	// node's join, leave or expiry does not scan every blob.
 	byNode map[p2p.NodeID]map[v1.Hash]struct{}
+	// records is the record store (p2p.RecordStore), by kind.
+	records map[string]recordSet
 }
 
 func newState() *state {
@@ -86,6 +95,7 @@ func newState() *state {
 		members: map[p2p.NodeID]*memberRecord{},
 		blobs:   map[v1.Hash]*blobRecord{},
 		byNode:  map[p2p.NodeID]map[v1.Hash]struct{}{},
+		records: map[string]recordSet{},
 	}
 }
 
@@ -130,6 +140,11 @@ func (s *state) apply(idx uint64, c command) applyResult {
 	case opDrop:
 		s.drop(c.Node, c.Digest)
 		return applyResult{State: s.blob(c.Digest)}
+	case opRecords:
+		return applyResult{Err: s.applyRecords(c)}
+	case opExpireRecords:
+		s.expireRecords(c.Now)
+		return applyResult{}
 	default:
 		return applyResult{Err: fmt.Errorf("unknown command %q: %w", c.Op, errBadRequest)}
 	}
@@ -269,6 +284,7 @@ func (b *blobRecord) hasComplete() bool {
 type snapshotData struct {
 	Members []memberRecord `json:"members"`
 	Blobs   []snapshotBlob `json:"blobs"`
+	Records []p2p.Record   `json:"records,omitempty"`
 }
 
 type snapshotBlob struct {
@@ -293,7 +309,7 @@ func (s *state) memberList() []memberRecord {
 }
 
 func (s *state) snapshot() snapshotData {
-	out := snapshotData{Members: s.memberList()}
+	out := snapshotData{Members: s.memberList(), Records: s.allRecords()}
 	for d, b := range s.blobs {
 		sb := snapshotBlob{Digest: d, Size: b.size, Seeder: b.seeder}
 		for n, c := range b.holders {
@@ -322,6 +338,9 @@ func stateFrom(data snapshotData) *state {
 			s.index(h.Node, sb.Digest)
 		}
 		s.gc(sb.Digest)
+	}
+	for _, r := range data.Records {
+		s.applyRecords(command{Put: []p2p.Record{r}})
 	}
 	return s
 }

@@ -62,6 +62,8 @@ func (n *Node) serve(ctx context.Context, rt route, arg string, body []byte) (an
 		return n.fsm.blob(d), nil
 	case routeMembers:
 		return n.leaderMembers(), nil
+	case routeRecordsPut, routeRecordsGet:
+		return n.serveRecords(ctx, rt, body)
 	}
 	return nil, fmt.Errorf("%w: unknown route %s", errBadRequest, rt.name)
 }
@@ -267,6 +269,7 @@ func (n *Node) leaderDuties(ctx context.Context, r *raft.Raft) {
 			continue
 		}
 		n.expireSilent(ctx)
+		n.expireRecords(ctx, time.Now())
 	}
 }
 

@@ -58,7 +58,7 @@ var (
 	routeMembers   = route{"members", http.MethodGet, "/p2p/v1/cluster/members", atLeader}
 	routeBlob      = route{"blob", http.MethodGet, "/p2p/v1/cluster/blobs/{digest}", atVoter}
 
-	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob}
+	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob, routeRecordsPut, routeRecordsGet}
 )
 
 func (rt route) path(arg string) string {
@@ -119,6 +119,7 @@ var errorCodes = []struct {
 	{"not_member", http.StatusConflict, p2p.ErrNotMember},
 	{"bad_request", http.StatusBadRequest, errBadRequest},
 	{"join_refused", http.StatusUnprocessableEntity, errJoinRefused},
+	{"state_full", http.StatusInsufficientStorage, p2p.ErrStateFull},
 }
 
 // retriable errors may clear up within a request's time: an election, a
