@@ -85,31 +85,19 @@ func (p *Prefetcher) Pull(ctx context.Context, ref name.Reference, plat Platform
 	if progress == nil {
 		progress = func(Event) {}
 	}
-	res, err := p.resolver.Resolve(ctx, ref)
-	if err != nil {
-		return Result{}, err
-	}
 	repo := ref.Context()
-	result := Result{Image: ref.Name(), Digest: res.Digest.String()}
-
-	manifests, err := p.manifests(ctx, repo, res.Digest, plat)
+	c, err := p.Contents(ctx, ref, plat)
 	if err != nil {
-		return result, fmt.Errorf("prefetch %s: %w", ref.Name(), err)
-	}
-	result.Manifests = len(manifests)
-
-	seen := map[v1.Hash]bool{}
-	var blobs []v1.Descriptor
-	for _, m := range manifests {
-		for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-			if !seen[d.Digest] && len(d.URLs) == 0 { // foreign layers stay where they are
-				seen[d.Digest] = true
-				blobs = append(blobs, d)
-				result.Bytes += d.Size
-			}
+		if c.Digest == (v1.Hash{}) {
+			return Result{}, err
 		}
+		return Result{Image: ref.Name(), Digest: c.Digest.String()}, err
 	}
-	result.Blobs = len(blobs)
+	blobs := c.Blobs
+	result := Result{Image: ref.Name(), Digest: c.Digest.String(), Manifests: c.Manifests, Blobs: len(blobs)}
+	for _, d := range blobs {
+		result.Bytes += d.Size
+	}
 
 	var (
 		mu   sync.Mutex // serialises progress calls
@@ -170,6 +158,43 @@ func (p *Prefetcher) Pull(ctx context.Context, ref name.Reference, plat Platform
 	}
 	report(Event{Done: true, Bytes: result.Bytes})
 	return result, nil
+}
+
+// Contents is what an image reference names now.
+type Contents struct {
+	// Digest is what the reference resolved to (a manifest or an index).
+	Digest v1.Hash
+	// Manifests is how many image manifests were selected.
+	Manifests int
+	// Blobs are the configs and layers of those manifests, each once,
+	// in manifest order (a manifest's config, then its layers, base
+	// first). Foreign layers (with URLs) are left out.
+	Blobs []v1.Descriptor
+}
+
+// Contents resolves ref and reads its manifests (into the store, as a pull
+// would), without fetching any blob.
+func (p *Prefetcher) Contents(ctx context.Context, ref name.Reference, plat Platforms) (Contents, error) {
+	res, err := p.resolver.Resolve(ctx, ref)
+	if err != nil {
+		return Contents{}, err
+	}
+	c := Contents{Digest: res.Digest}
+	manifests, err := p.manifests(ctx, ref.Context(), res.Digest, plat)
+	if err != nil {
+		return c, fmt.Errorf("prefetch %s: %w", ref.Name(), err)
+	}
+	c.Manifests = len(manifests)
+	seen := map[v1.Hash]bool{}
+	for _, m := range manifests {
+		for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if !seen[d.Digest] && len(d.URLs) == 0 { // foreign layers stay where they are
+				seen[d.Digest] = true
+				c.Blobs = append(c.Blobs, d)
+			}
+		}
+	}
+	return c, nil
 }
 
 // manifests returns the image manifests under dgst for the platforms asked.
