@@ -3,6 +3,8 @@ package predictor
 import (
 	"fmt"
 	"time"
+
+	"github.com/thaw-dev/thaw/metrics"
 )
 
 // EngineConfig tunes an Engine.
@@ -10,7 +12,7 @@ type EngineConfig struct {
 	// Horizon is how far ahead the models are asked to look each step.
 	Horizon time.Duration
 	// Metrics, when not nil, counts predictions and jobs.
-	Metrics *Metrics
+	Metrics *metrics.Predictor
 }
 
 // DefaultEngineConfig looks 10 minutes ahead.
@@ -49,11 +51,14 @@ func NewEngine(model Model, planner Planner, cfg EngineConfig) (*Engine, error) 
 }
 
 // Step runs at now, the start of a minute: obs is the activity of the
-// minute before (see Model.Observe), active the jobs still in force. It
-// returns the predictions and the new jobs. Not safe for concurrent use.
-func (e *Engine) Step(now time.Time, obs []Observation, view ClusterView, active []Job) ([]Prediction, []Job) {
+// minute before (see Model.Observe), active the jobs still in force, extra
+// predictions made outside the model (hints an operator or a platform
+// gave). An app keeps one prediction: extra's, unless the model's expects
+// more instances. It returns the predictions and the new jobs. Not safe for
+// concurrent use.
+func (e *Engine) Step(now time.Time, obs []Observation, view ClusterView, active []Job, extra ...Prediction) ([]Prediction, []Job) {
 	e.model.Observe(now.Add(-time.Minute), obs)
-	preds := e.model.Predict(now, e.cfg.Horizon)
+	preds := merge(e.model.Predict(now, e.cfg.Horizon), extra)
 	jobs := e.planner.Plan(now, preds, view, active)
 	if m := e.cfg.Metrics; m != nil {
 		for _, p := range preds {
@@ -64,4 +69,26 @@ func (e *Engine) Step(now time.Time, obs []Observation, view ClusterView, active
 		}
 	}
 	return preds, jobs
+}
+
+// merge adds extra to preds, one prediction per app (see Step).
+func merge(preds, extra []Prediction) []Prediction {
+	if len(extra) == 0 {
+		return preds
+	}
+	at := make(map[AppID]int, len(preds))
+	for i, p := range preds {
+		at[p.App] = i
+	}
+	for _, x := range extra {
+		i, ok := at[x.App]
+		switch {
+		case !ok:
+			at[x.App] = len(preds)
+			preds = append(preds, x)
+		case x.Instances >= preds[i].Instances:
+			preds[i] = x
+		}
+	}
+	return preds
 }

@@ -71,6 +71,9 @@ type Model interface {
 type Layer struct {
 	Digest v1.Hash `json:"digest"`
 	Size   int64   `json:"size"`
+	// Repo is a repository the layer can be fetched from
+	// ("registry/path"); empty in a simulation.
+	Repo string `json:"repo,omitempty"`
 }
 
 // Image is what an app runs: its layers, base (runtime) layers first.

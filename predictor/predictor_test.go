@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"github.com/thaw-dev/thaw/predictor"
 )
@@ -40,7 +41,7 @@ func (p *onePlanner) Plan(now time.Time, preds []predictor.Prediction, _ predict
 
 func TestEngineStep(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := predictor.NewMetrics(reg)
+	m := metrics.NewPredictor(reg)
 	rec, pl := &recorder{}, &onePlanner{}
 	cfg := predictor.DefaultEngineConfig()
 	cfg.Metrics = m
@@ -63,15 +64,14 @@ func TestEngineStep(t *testing.T) {
 	if got := metricstest.Sum(t, reg, "thaw_predictor_prefetch_jobs_issued_total", nil); got != 1 {
 		t.Errorf("jobs counted %v, want 1", got)
 	}
-	m.SetJobs(map[predictor.JobState]int{predictor.JobRunning: 2, predictor.JobDone: 5})
+	predictor.SetJobs(m, map[predictor.JobState]int{predictor.JobRunning: 2, predictor.JobDone: 5})
 	if got := metricstest.Sum(t, reg, "thaw_predictor_prefetch_jobs", map[string]string{"state": "done"}); got != 5 {
 		t.Errorf("done jobs %v, want 5", got)
 	}
 	if got := metricstest.Sum(t, reg, "thaw_predictor_prefetch_jobs", map[string]string{"state": "failed"}); got != 0 {
 		t.Errorf("failed jobs %v, want 0", got)
 	}
-	var nilMetrics *predictor.Metrics
-	nilMetrics.SetJobs(nil) // a nil Metrics is a no-op
+	predictor.SetJobs(nil, nil) // nil metrics: a no-op
 
 	if _, err := predictor.NewEngine(nil, pl, cfg); !errors.Is(err, predictor.ErrInvalidConfig) {
 		t.Errorf("nil model: %v", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/predictor"
 	"github.com/thaw-dev/thaw/predictor/model"
 	"github.com/thaw-dev/thaw/predictor/planner"
@@ -125,17 +126,17 @@ func Run(ctx context.Context, cfg Config, w *Workload, policies []Policy, reg pr
 		return nil, err
 	}
 	results := make([]Result, len(policies))
-	metrics := make([]*predictor.Metrics, len(policies))
+	ms := make([]*metrics.Predictor, len(policies))
 	for i, p := range policies {
 		if reg != nil {
-			metrics[i] = predictor.NewMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"policy": p.Name}, reg))
+			ms[i] = metrics.NewPredictor(prometheus.WrapRegistererWith(prometheus.Labels{"policy": p.Name}, reg))
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for i, p := range policies {
 		g.Go(func() error {
-			r, err := replay(ctx, cfg, w, p, metrics[i], nil)
+			r, err := replay(ctx, cfg, w, p, ms[i], nil)
 			if err != nil {
 				return fmt.Errorf("policy %s: %w", p.Name, err)
 			}
@@ -167,7 +168,7 @@ type trackedJob struct {
 
 // replay runs one policy over the whole trace. check, when not nil, is
 // called at the end of every minute (tests).
-func replay(ctx context.Context, cfg Config, w *Workload, p Policy, m *predictor.Metrics, check func(c *cluster, minute int)) (Result, error) {
+func replay(ctx context.Context, cfg Config, w *Workload, p Policy, m *metrics.Predictor, check func(c *cluster, minute int)) (Result, error) {
 	began := time.Now()
 	res := Result{Policy: p.Name}
 	c := newCluster(cfg, w, &res)
@@ -253,7 +254,7 @@ func replay(ctx context.Context, cfg Config, w *Workload, p Policy, m *predictor
 				active = append(active, tj)
 				counts[jobState(tj, T)]++
 			}
-			m.SetJobs(counts)
+			predictor.SetJobs(m, counts)
 		}
 
 		// This minute's starts, spread evenly over the minute per app.
@@ -407,7 +408,7 @@ func placeTie(app predictor.AppID, node int) uint64 {
 
 // startOn starts an instance of a on node ni at time at: layers present are
 // used, layers arriving are waited for, missing ones are pulled on demand.
-func (c *cluster) startOn(a *App, ni int, at float64, measuring bool, m *predictor.Metrics, first bool) {
+func (c *cluster) startOn(a *App, ni int, at float64, measuring bool, m *metrics.Predictor, first bool) {
 	n := c.nodes[ni]
 	held := true // some node holds the whole image
 	for _, l := range a.layers {
@@ -477,7 +478,7 @@ func (c *cluster) stop(a *App, ni int, now float64) {
 }
 
 // finish counts prefetched content no start used as unused.
-func (c *cluster) finish(m *predictor.Metrics) {
+func (c *cluster) finish(m *metrics.Predictor) {
 	for _, n := range c.nodes {
 		for _, l := range n.present {
 			if st := &n.layers[l]; st.prefetched {
