@@ -18,7 +18,11 @@ import (
 )
 
 func newPrefetchCmd(g *globalOptions) *cobra.Command {
-	var req api.PrefetchRequest
+	var (
+		req    api.PrefetchRequest
+		nodes  string
+		pinFor time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "prefetch IMAGE...",
 		Short: "Pull every blob of images into the node's store (and optionally into containerd)",
@@ -31,9 +35,22 @@ runs in the daemon and 'thaw status' shows it.
 
 With --containerd SOCKET the images are also imported into that containerd
 (content and unpack into its snapshotter), so that 'ctr images ls' lists them
-and 'ctr run' needs no pull. --containerd implies --wait.`,
+and 'ctr run' needs no pull. --containerd implies --wait.
+
+With --nodes the images go to other nodes of the cluster instead, as prefetch
+jobs in the cluster's replicated state (the same jobs the predictor issues):
+--nodes all, --nodes N (the N nodes holding most of each image first), or
+--nodes NAME,NAME. --pin-for keeps the images pinned there that long; without
+it they are background content, the first to go when a node needs room.
+--wait follows the jobs until every one is done or failed.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if nodes != "" {
+				if req.Containerd != "" || len(req.Platforms) > 0 || req.AllPlatforms {
+					return fmt.Errorf("--nodes takes the daemon's platform and no --containerd")
+				}
+				return prefetchOnNodes(cmd, g, args, nodes, pinFor, req.Wait)
+			}
 			req.Images = args
 			if req.Containerd != "" {
 				req.Wait = true
@@ -61,6 +78,8 @@ and 'ctr run' needs no pull. --containerd implies --wait.`,
 	f.StringVar(&req.Containerd, "containerd", "", "also import into the containerd listening on this socket")
 	f.StringVar(&req.Namespace, "namespace", "k8s.io", "containerd namespace for --containerd")
 	f.StringVar(&req.Snapshotter, "snapshotter", "", "containerd snapshotter to unpack into (default: containerd's)")
+	f.StringVar(&nodes, "nodes", "", "prefetch on cluster nodes: all, a number, or names separated by commas")
+	f.DurationVar(&pinFor, "pin-for", 0, "with --nodes: keep the images pinned on the nodes this long")
 	return cmd
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/thaw-dev/thaw/p2p/certs"
+	"github.com/thaw-dev/thaw/puller/api"
 )
 
 // freePort returns a loopback port nothing listens on now.
@@ -221,4 +223,74 @@ func metricValue(t *testing.T, addr, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestPrefetchOnNodes: `thaw prefetch --nodes` on one node of a cluster
+// brings an image to the nodes named, pinned, through jobs in the cluster's
+// replicated state; `thaw jobs` lists them done; a name that is not a
+// member is refused; `thaw hint` is recorded and a bad one refused.
+func TestPrefetchOnNodes(t *testing.T) {
+	ca := t.TempDir()
+	if err := certs.InitCA(ca); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(name string) string {
+		out := t.TempDir()
+		if err := certs.Issue(ca, out, name, []string{"127.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	n0 := startClusterNode(t, "n0", issue("n0"), "")
+	n1 := startClusterNode(t, "n1", issue("n1"), n0.peer)
+	n2 := startClusterNode(t, "n2", issue("n2"), n0.peer)
+	waitMembers(t, n0.dir, 3)
+	ref, img := pushImage(t)
+	digests := map[string]bool{}
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		d, _ := l.Digest()
+		digests[d.String()] = true
+	}
+
+	if _, err := thaw(t.Context(), "prefetch", "--data-dir", n1.dir, "--nodes", "n0,ghost", ref.Name()); err == nil || !strings.Contains(err.Error(), `"ghost" is not a live member`) {
+		t.Errorf("prefetch on an unknown node: %v", err)
+	}
+	out, err := thaw(t.Context(), "prefetch", "--data-dir", n1.dir, "--nodes", "n0,n2", "--pin-for", "1h", "--wait", ref.Name())
+	if err != nil {
+		t.Fatalf("prefetch --nodes: %v\n%s", err, out)
+	}
+	mustContain(t, "prefetch --nodes", out, "job for n0", "job for n2", "done")
+	for _, n := range []clusterNode{n0, n2} {
+		var blobs []api.Blob
+		if err := api.NewClient(filepath.Join(n.dir, "thaw.sock")).Get(t.Context(), "/api/v1/blobs", &blobs); err != nil {
+			t.Fatal(err)
+		}
+		pinned := 0
+		for _, b := range blobs {
+			if digests[b.Digest] && b.Complete && b.Pinned {
+				pinned++
+			}
+		}
+		if pinned != len(digests) {
+			t.Errorf("%s holds %d of the image's %d layers complete and pinned: %+v", n.dir, pinned, len(digests), blobs)
+		}
+	}
+	jobs, err := thaw(t.Context(), "jobs", "--data-dir", n0.dir, "--node", "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustContain(t, "jobs", jobs, "n2", "manual", "done")
+	if strings.Contains(jobs, "n0 ") {
+		t.Errorf("jobs --node n2 lists another node's job:\n%s", jobs)
+	}
+
+	out, err = thaw(t.Context(), "hint", "--data-dir", n2.dir, "--rate", "120", "resize", ref.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustContain(t, "hint", out, "hint recorded: resize", "at 120/min")
+	if _, err := thaw(t.Context(), "hint", "--data-dir", n2.dir, "--at", "2020-01-01T00:00:00Z", "resize", ref.Name()); err == nil || !strings.Contains(err.Error(), "over already") {
+		t.Errorf("a hint in the past: %v", err)
+	}
 }

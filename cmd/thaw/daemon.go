@@ -20,6 +20,7 @@ func newDaemonCmd(g *globalOptions) *cobra.Command {
 		quota      byteSize
 		// size flags of the peer network, copied into cfg.Peer.Swarm in RunE
 		upRate, downRate, pieceSize byteSize
+		predictBudget               byteSize
 	)
 	cfg.Peer.Swarm = swarm.DefaultConfig()
 	pieceSize = byteSize(cfg.Peer.Swarm.PieceSize)
@@ -57,6 +58,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 			}
 			cfg.DataDir, cfg.APIAddr, cfg.Quota = g.dataDir, g.apiAddr(), int64(quota)
 			cfg.Peer.Swarm.UploadRate, cfg.Peer.Swarm.DownloadRate, cfg.Peer.Swarm.PieceSize = int64(upRate), int64(downRate), int64(pieceSize)
+			cfg.Predict.Budget = int64(predictBudget)
 			n, err := newNode(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
@@ -88,6 +90,11 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.Var(&downRate, "download-rate", "limit on bytes per second downloaded from peers (default: none)")
 	f.IntVar(&cfg.Peer.Swarm.MaxUploads, "max-uploads", cfg.Peer.Swarm.MaxUploads, "piece uploads served at once")
 	f.Var(&pieceSize, "piece-size", "unit of peer transfer and verification (all nodes must agree)")
+
+	// Prediction and pre-distribution.
+	f.BoolVar(&cfg.Predict.Enabled, "predict", true, "take events, plan prefetch jobs on the leader and run this node's jobs")
+	f.StringVar(&cfg.Predict.ContainerdEvents, "containerd-events", "", "containerd socket whose container starts feed the predictor, e.g. /run/containerd/containerd.sock (default: none)")
+	f.Var(&predictBudget, "predict-budget", "disk this node offers to predicted content (default: the store quota)")
 
 	return cmd
 }

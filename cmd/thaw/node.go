@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/thaw-dev/thaw/metrics"
+	"github.com/thaw-dev/thaw/predictor/live"
 	"github.com/thaw-dev/thaw/puller"
 	"github.com/thaw-dev/thaw/puller/api"
 	"github.com/thaw-dev/thaw/puller/catalog"
@@ -45,6 +46,7 @@ type nodeConfig struct {
 	Resolver        catalog.ResolverConfig
 	Concurrency     int
 	Peer            peerConfig
+	Predict         predictConfig
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -56,6 +58,7 @@ type node struct {
 	fetcher  *fetch.Fetcher
 	api      *api.Server
 	peer     *peerNode
+	predict  *live.Service  // nil when prediction is off
 	removed  <-chan v1.Hash // blobs the store removed, to drop from the cluster
 	servers  []*server
 }
@@ -161,10 +164,11 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if _, err := n.listen("metrics", "tcp", cfg.MetricsAddr, mux); err != nil {
 		return nil, err
 	}
+	pf := prefetch.New(res, f, st.Stat, cfg.Concurrency)
 	n.api = api.NewServer(api.Deps{
 		Store:      st,
 		Catalog:    cat,
-		Prefetcher: prefetch.New(res, f, st.Stat, cfg.Concurrency),
+		Prefetcher: pf,
 		Importer:   ctrimport.New(mirrorLn.Addr().String(), log),
 		Status:     api.Status{Version: version, DataDir: cfg.DataDir, MirrorAddr: mirrorLn.Addr().String(), MetricsAddr: n.Addr("metrics")},
 		Log:        log,
@@ -175,6 +179,15 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		network = "unix"
 	}
 	n.api.Handle("GET /api/v1/peers", peersHandler(pn.cluster))
+	if n.predict, err = newPredictor(cfg.Predict, cfg.DataDir, pn.cluster.Self().ID, pn.cluster, pf, f, st, reg, log); err != nil {
+		return nil, err
+	}
+	if n.predict != nil {
+		h := n.predict.Handler()
+		for _, route := range []string{live.RouteEvents, live.RouteHints, live.RouteJobs, live.RouteList} {
+			n.api.Handle(route, h)
+		}
+	}
 	if _, err := n.listen("api", network, cfg.APIAddr, n.api); err != nil {
 		return nil, err
 	}
@@ -241,6 +254,12 @@ func (n *node) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return n.peer.cluster.Run(gctx)
 	})
+	if n.predict != nil {
+		g.Go(func() error { return n.predict.Run(gctx) })
+		if addr := n.cfg.Predict.ContainerdEvents; addr != "" {
+			g.Go(func() error { return live.WatchContainerd(gctx, addr, n.predict.Started, n.log) })
+		}
+	}
 	g.Go(func() error {
 		for {
 			select {

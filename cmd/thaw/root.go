@@ -43,6 +43,8 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newDemoCmd(g),
 		newPeersCmd(g),
 		newReplayCmd(g),
+		newHintCmd(g),
+		newJobsCmd(g),
 		newCertsCmd(),
 		newVersionCmd(),
 	)
