@@ -29,6 +29,9 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	p.PieceDuration.WithLabelValues("ok").Observe(1)
 	p.OriginFetches.WithLabelValues("seeder").Inc()
 	p.UploadBytes.WithLabelValues("node1").Add(1)
+	pr := metrics.NewPredictor(reg)
+	pr.Predictions.WithLabelValues("hint").Inc()
+	pr.JobsIssued.WithLabelValues("manual").Inc()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -457,6 +457,5 @@ func FuzzParseBatch(f *testing.F) {
 		}
 	})
 }
-
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
