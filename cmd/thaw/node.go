@@ -184,7 +184,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	}
 	if n.predict != nil {
 		h := n.predict.Handler()
-		for _, route := range []string{live.RouteEvents, live.RouteHints, live.RouteJobs, live.RouteList} {
+		for _, route := range []string{live.RouteEvents, live.RouteHints, live.RouteJobs, live.RouteList, live.RouteActive} {
 			n.api.Handle(route, h)
 		}
 	}

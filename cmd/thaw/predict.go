@@ -180,3 +180,39 @@ func prefetchOnNodes(cmd *cobra.Command, g *globalOptions, images []string, node
 		}
 	}
 }
+
+func newActivityCmd(g *globalOptions) *cobra.Command {
+	var (
+		since  time.Duration
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "activity",
+		Short: "Show the per-minute activity (invocations, container starts) the predictor learns from",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var acts []live.Activity
+			path := "/api/v1/activity?since=" + url.QueryEscape(time.Now().Add(-since).UTC().Format(time.RFC3339))
+			if err := api.NewClient(g.apiAddr()).Get(cmd.Context(), path, &acts); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(acts)
+			}
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "MINUTE\tAPP\tINVOCATIONS\tSTARTS\tIMAGE")
+			for _, a := range acts {
+				for _, c := range a.Apps {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", predictor.MinuteStart(a.Minute).Format("15:04"), c.App, c.Invocations, c.Starts, c.Image)
+				}
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().DurationVar(&since, "since", time.Hour, "how far back to show")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

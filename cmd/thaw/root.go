@@ -45,6 +45,7 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newReplayCmd(g),
 		newHintCmd(g),
 		newJobsCmd(g),
+		newActivityCmd(g),
 		newCertsCmd(),
 		newVersionCmd(),
 	)

@@ -42,6 +42,27 @@ func (c *AppCount) add(o AppCount) {
 	}
 }
 
+// mergeApps adds apps into m, one entry per app.
+func mergeApps(m map[predictor.AppID]*AppCount, apps []AppCount) {
+	for _, c := range apps {
+		if have, ok := m[c.App]; ok {
+			have.add(c)
+		} else {
+			m[c.App] = &c
+		}
+	}
+}
+
+// sortedApps is m's entries sorted by app.
+func sortedApps(m map[predictor.AppID]*AppCount) []AppCount {
+	out := make([]AppCount, 0, len(m))
+	for _, c := range m {
+		out = append(out, *c)
+	}
+	slices.SortFunc(out, func(x, y AppCount) int { return cmp.Compare(x.App, y.App) })
+	return out
+}
+
 // observation is what the models learn from c: a platform's invocation
 // count where there is one, else the starts; instances are the starts
 // (at least 1 when the app was active), an approximation of the

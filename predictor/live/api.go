@@ -25,6 +25,7 @@ const (
 	RouteHints  = "POST /api/v1/hints"
 	RouteJobs   = "POST /api/v1/jobs"
 	RouteList   = "GET /api/v1/jobs"
+	RouteActive = "GET /api/v1/activity"
 )
 
 // Handler serves the predictor's part of the daemon API under one mux:
@@ -33,12 +34,14 @@ const (
 //	POST /api/v1/hints   a Hint (201)
 //	POST /api/v1/jobs    a JobRequest: prefetch an image on chosen nodes (201, the jobs)
 //	GET  /api/v1/jobs    the jobs in force with their states (?node=NAME for one node's)
+//	GET  /api/v1/activity the activity the cluster holds, per minute (?since=RFC3339)
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(RouteEvents, s.postEvents)
 	mux.HandleFunc(RouteHints, s.postHint)
 	mux.HandleFunc(RouteJobs, s.postJobs)
 	mux.HandleFunc(RouteList, s.listJobs)
+	mux.HandleFunc(RouteActive, s.listActivity)
 	return mux
 }
 
@@ -253,6 +256,55 @@ func (s *Service) jobs(ctx context.Context, node p2p.NodeID) ([]JobView, error) 
 		}
 		out = append(out, JobView{Job: j, Status: st})
 	}
+	return out, nil
+}
+
+func (s *Service) listActivity(w http.ResponseWriter, r *http.Request) {
+	since := s.now().Add(-time.Hour)
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("%w: since %q: %v", ErrBadEvent, v, err))
+			return
+		}
+		since = t
+	}
+	acts, err := s.Activity(r.Context(), since)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, acts)
+}
+
+// Activity is what the cluster holds of the minutes since since, merged
+// across nodes, oldest first: the leader's merged minutes and the nodes'
+// counts it has not merged yet.
+func (s *Service) Activity(ctx context.Context, since time.Time) ([]Activity, error) {
+	merged := map[int64]map[predictor.AppID]*AppCount{}
+	for _, kind := range []string{kindMinute, kindActivity} {
+		rs, err := s.d.Cluster.Records(ctx, kind, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rs {
+			act, err := decodeRecord[Activity](r)
+			if err != nil || predictor.MinuteStart(act.Minute).Before(since.Truncate(time.Minute)) {
+				continue
+			}
+			apps, ok := merged[act.Minute]
+			if !ok {
+				apps = map[predictor.AppID]*AppCount{}
+				merged[act.Minute] = apps
+			}
+			mergeApps(apps, act.Apps)
+		}
+	}
+	out := make([]Activity, 0, len(merged))
+	for m, apps := range merged {
+		out = append(out, Activity{Minute: m, Apps: sortedApps(apps)})
+	}
+	slices.SortFunc(out, func(x, y Activity) int { return cmp.Compare(x.Minute, y.Minute) })
 	return out, nil
 }
 

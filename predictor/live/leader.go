@@ -1,7 +1,6 @@
 package live
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -92,28 +91,16 @@ func (l *leader) compact(ctx context.Context, now time.Time) error {
 	}
 	for m, rs := range byMinute {
 		merged := map[predictor.AppID]*AppCount{}
-		for _, c := range l.minutes[m] {
-			merged[c.App] = &c
-		}
+		mergeApps(merged, l.minutes[m])
 		for _, r := range rs {
 			act, err := decodeRecord[Activity](r)
 			if err != nil {
 				l.s.log.Warn("activity record dropped", "err", err)
 				continue
 			}
-			for _, c := range act.Apps {
-				if have, ok := merged[c.App]; ok {
-					have.add(c)
-				} else {
-					merged[c.App] = &c
-				}
-			}
+			mergeApps(merged, act.Apps)
 		}
-		apps := make([]AppCount, 0, len(merged))
-		for _, c := range merged {
-			apps = append(apps, *c)
-		}
-		slices.SortFunc(apps, func(x, y AppCount) int { return cmp.Compare(x.App, y.App) })
+		apps := sortedApps(merged)
 		expires := predictor.MinuteStart(m).Add(l.s.cfg.History)
 		put, err := activityRecords(kindMinute, func(chunk int) string { return minuteKey(m, chunk) }, "", expires, Activity{Minute: m, Apps: apps})
 		if err != nil {
