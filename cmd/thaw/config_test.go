@@ -345,3 +345,22 @@ func TestByteSize(t *testing.T) {
 		t.Fatal("byteSize.Type")
 	}
 }
+
+// TestShippedConfigs: the config files deploy/ ships set only flags the
+// daemon has, to the values they say.
+func TestShippedConfigs(t *testing.T) {
+	clearThawEnv(t)
+	cmd, rest, err := daemonConfig(t, nil, "../../deploy/systemd/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseAuths(rest); err != nil {
+		t.Fatal(err)
+	}
+	if got := flagString(t, cmd, "containerd-events"); got != "/run/containerd/containerd.sock" {
+		t.Errorf("containerd-events = %q", got)
+	}
+	if got := flagString(t, cmd, "predict"); got != "true" {
+		t.Errorf("predict = %q", got)
+	}
+}
