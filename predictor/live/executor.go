@@ -168,7 +168,7 @@ func (e *executor) setState(ctx context.Context, j predictor.Job, st JobStatus) 
 	st.At = e.s.now().UTC()
 	r, err := record(kindJobState, j.ID, j.Node, j.Expires, st)
 	if err == nil {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = e.s.d.Cluster.PutRecords(cctx, []p2p.Record{r}, nil)
 		cancel()
 	}

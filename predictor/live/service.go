@@ -201,7 +201,7 @@ func (s *Service) Run(ctx context.Context) error {
 	loop(s.cfg.Flush, s.lead.tick)
 	loop(s.cfg.Poll, s.exec.tick)
 	wg.Wait()
-	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	s.flushUntil(fctx, s.now().Add(time.Minute)) // the current minute too
 	s.exec.wait()
