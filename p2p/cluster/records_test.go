@@ -133,12 +133,16 @@ func TestRecordsSurviveLeaderChange(t *testing.T) {
 		t.Errorf("a sixth job: %v, want ErrStateFull across the wire", err)
 	}
 	want := []string{"k0=0", "k1=1", "k2=2", "k3=3", "k4=4"}
-	for _, tn := range nodes {
-		got, err := tn.node.Records(ctx, "job", clients[0].id)
-		if err != nil || !reflect.DeepEqual(keys(got), want) {
-			t.Errorf("%s reads %v, %v; want %v", tn.id, keys(got), err, want)
+	// Reads are served by any voter, so they may lag a commit briefly.
+	eventually(t, 5*time.Second, func() error {
+		for _, tn := range nodes {
+			got, err := tn.node.Records(ctx, "job", clients[0].id)
+			if err != nil || !reflect.DeepEqual(keys(got), want) {
+				return fmt.Errorf("%s reads %v, %v; want %v", tn.id, keys(got), err, want)
+			}
 		}
-	}
+		return nil
+	})
 	old := leaderOf(t, nodes...)
 	old.kill()
 	var rest []*testNode
