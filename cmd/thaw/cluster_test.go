@@ -276,7 +276,14 @@ func TestPrefetchOnNodes(t *testing.T) {
 			t.Errorf("%s holds %d of the image's %d layers complete and pinned: %+v", n.dir, pinned, len(digests), blobs)
 		}
 	}
-	jobs, err := thaw(t.Context(), "jobs", "--data-dir", n0.dir, "--node", "n2")
+	// Another node's view may lag a commit briefly: poll.
+	var jobs string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		jobs, err = thaw(t.Context(), "jobs", "--data-dir", n0.dir, "--node", "n2")
+		if err == nil && strings.Contains(jobs, "done") || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
