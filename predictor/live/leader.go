@@ -38,7 +38,9 @@ func newLeader(s *Service) *leader { return &leader{s: s} }
 
 func (l *leader) tick(ctx context.Context) {
 	if !l.s.d.Cluster.Leading() {
-		l.engine = nil // rebuild when leading again: others planned meanwhile
+		// Rebuild from the records when leading again: other leaders
+		// merged minutes and planned meanwhile.
+		l.engine, l.minutes = nil, nil
 		return
 	}
 	now := l.s.now()

@@ -298,8 +298,33 @@ func TestModelSurvivesLeaderChange(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("after the leader change the model predicts\n%+v\nwant\n%+v", got, want)
 	}
-	if a.s.lead.engine != nil {
+	if a.s.lead.engine != nil || a.s.lead.minutes != nil {
 		t.Error("the old leader kept planning state")
+	}
+	// Activity while b leads, then a leads again: a must not write its
+	// stale minutes over what b merged.
+	ev := fmt.Sprintf(`{"events":[{"function":"late","image":"registry.example/fn/late:v1","count":1,"start":%q}]}`, clk.Now().Format(time.RFC3339))
+	if rec := post(t, b.s.Handler(), "/api/v1/events", ev); rec.Code != http.StatusAccepted {
+		t.Fatal(rec.Body)
+	}
+	clk.advance(time.Minute)
+	b.tick(ctx)
+	bLeads.Store(false)
+	aLeads.Store(true)
+	b.tick(ctx)
+	a.tick(ctx)
+	acts, err := a.s.Activity(ctx, clk.Now().Add(-3*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[predictor.AppID]int{}
+	for _, act := range acts {
+		for _, c := range act.Apps {
+			seen[c.App] += c.Invocations
+		}
+	}
+	if seen["late"] != 1 || seen["report"] != 15*5 {
+		t.Errorf("after leading twice the cluster holds %v, want late: 1, report: 75", seen)
 	}
 }
 
