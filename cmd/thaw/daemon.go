@@ -85,6 +85,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.StringVar(&cfg.Peer.RaftAddr, "raft-addr", "0.0.0.0:5053", "listen address of the Raft transport (mutual TLS)")
 	f.StringSliceVar(&cfg.Peer.Join, "join", nil, "peer addresses HOST:PORT of cluster nodes to join (a DNS name resolving to several, as a headless Service, means all); empty: bootstrap")
 	f.IntVar(&cfg.Peer.Voters, "voters", 3, "how many nodes run Raft; later nodes are clients of the voters")
+	f.IntVar(&cfg.Peer.BootstrapExpect, "bootstrap-expect", 0, "with --join: when no node is in a cluster yet and this many answer at the join addresses, the one with the smallest --node-id bootstraps (a DaemonSet whose pods all join one headless Service); 0: never")
 	f.DurationVar(&cfg.Peer.Timeout, "cluster-timeout", 2*time.Second, "bound on each call to the cluster; past it a node reads from the registry instead of waiting")
 	f.Var(&upRate, "upload-rate", "limit on bytes per second uploaded to peers, e.g. 50MB (default: none)")
 	f.Var(&downRate, "download-rate", "limit on bytes per second downloaded from peers (default: none)")

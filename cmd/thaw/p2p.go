@@ -34,6 +34,9 @@ type peerConfig struct {
 	RaftAddr      string // listen address of the Raft transport
 	Join          []string
 	Voters        int
+	// BootstrapExpect: bootstrap once this many nodes answer at Join and
+	// none is in a cluster (the smallest node ID does); 0: never.
+	BootstrapExpect int
 	// Timeout bounds each coordination call; past it a node reads from the
 	// origin rather than wait for the cluster.
 	Timeout time.Duration
@@ -75,6 +78,7 @@ func newPeerNode(cfg peerConfig, dataDir string, st *store.Store, origin puller.
 	ccfg.DataDir = filepath.Join(dataDir, "cluster")
 	ccfg.Join = cfg.Join
 	ccfg.Voters = cfg.Voters
+	ccfg.BootstrapExpect = cfg.BootstrapExpect
 	if cfg.Timeout > 0 {
 		ccfg.RequestTimeout = cfg.Timeout
 		cfg.Swarm.CoordTimeout = cfg.Timeout

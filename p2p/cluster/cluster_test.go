@@ -739,3 +739,56 @@ func TestHandlerRequiresClientCertificate(t *testing.T) {
 		t.Errorf("status %s, want 403", resp.Status)
 	}
 }
+
+// TestBootstrapExpect: five nodes that all join one name (a Kubernetes
+// DaemonSet behind a headless Service), none told to bootstrap, form one
+// cluster once the three expected are up: the smallest ID bootstraps and
+// the others join it.
+func TestBootstrapExpect(t *testing.T) {
+	h := newHarness(t)
+	ips := []string{"127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"}
+	ln, err := net.Listen("tcp", ips[0]+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	ln.Close()
+	h.resolver.set("thaw.thaw-system.svc", ips...)
+	at := func(ip string) nodeOpt {
+		return func(c *Config) {
+			c.PeerAddr = net.JoinHostPort(ip, port)
+			c.RaftAddr = net.JoinHostPort(ip, "0")
+			c.Join = []string{"thaw.thaw-system.svc:" + port}
+			c.BootstrapExpect = 3
+		}
+	}
+	var nodes []*testNode
+	for i, ip := range ips {
+		// IDs in reverse order of start: the bootstrapper is not simply
+		// the first one up.
+		nodes = append(nodes, h.start(fmt.Sprintf("pod%d", len(ips)-1-i), at(ip)))
+	}
+	for _, tn := range nodes {
+		tn.waitJoined()
+	}
+	booted := 0
+	for _, tn := range nodes {
+		if tn.node.booted.Load() {
+			booted++
+			if tn.id != "pod0" {
+				t.Errorf("%s bootstrapped, want the smallest ID, pod0", tn.id)
+			}
+		}
+	}
+	if booted != 1 {
+		t.Errorf("%d nodes bootstrapped, want 1", booted)
+	}
+	voters, clients := roles(nodes)
+	if len(voters) != 3 || len(clients) != 2 {
+		t.Fatalf("%d voters and %d clients, want 3 and 2", len(voters), len(clients))
+	}
+	ms, err := nodes[0].node.Members(ctxT(t))
+	if err != nil || len(ms) != 5 {
+		t.Fatalf("Members = %d, %v", len(ms), err)
+	}
+}

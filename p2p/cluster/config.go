@@ -78,6 +78,14 @@ type Config struct {
 	// state, in which case it rejoins the cluster that state describes.
 	Join []string
 
+	// BootstrapExpect, when not 0, lets a node without Raft state that
+	// cannot join bootstrap the cluster itself once that many nodes
+	// (itself included) answer at the Join addresses, none of them in a
+	// cluster yet, and it has the smallest NodeID among them: how a
+	// Kubernetes DaemonSet whose pods all join one headless Service forms
+	// a cluster. 0: a node with Join addresses never bootstraps.
+	BootstrapExpect int
+
 	// Resolver resolves the hosts of Join; nil means net.DefaultResolver.
 	Resolver Resolver
 
@@ -216,6 +224,9 @@ func (c Config) Validate() error {
 		if err := checkAddr(j, false); err != nil {
 			bad("Join: %v", err)
 		}
+	}
+	if c.BootstrapExpect < 0 || (c.BootstrapExpect > 0 && len(c.Join) == 0) {
+		bad("BootstrapExpect %d needs Join addresses and must not be negative", c.BootstrapExpect)
 	}
 	if c.Voters < 1 {
 		bad("Voters must be at least 1, got %d", c.Voters)

@@ -38,6 +38,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no peer addr", func(c *Config) { *c = withTLS(*c); c.PeerAddr = "" }, "PeerAddr"},
 		{"bad join", func(c *Config) { *c = withTLS(*c); c.Join = []string{"nohost"} }, "Join"},
 		{"zero voters", func(c *Config) { c.Voters = 0 }, "Voters"},
+		{"bootstrap-expect without join", func(c *Config) { *c = withTLS(*c); c.BootstrapExpect = 3 }, "BootstrapExpect 3 needs Join"},
 		{"expiry too short", func(c *Config) { c.ExpireAfter = c.HeartbeatInterval }, "ExpireAfter"},
 		{"no request timeout", func(c *Config) { c.RequestTimeout = 0 }, "RequestTimeout"},
 		{"bad raft timing", func(c *Config) { c.RaftLeaderLeaseTimeout = 10 * time.Second }, "Raft timing"},

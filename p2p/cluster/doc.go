@@ -23,6 +23,12 @@
 // again. Voters stay in the Raft configuration when they stop: a voter
 // down for good must be removed by an operator (not implemented yet).
 //
+// Nodes that all join one name and none of which may bootstrap (the pods
+// of a Kubernetes DaemonSet behind a headless Service) set
+// Config.BootstrapExpect: every node answers a hello on the peer API, and
+// once that many answer with none in a cluster, the smallest node ID
+// bootstraps and the others join it.
+//
 // # Requests
 //
 // Writes (claimSeeder, announce, drop, join, leave, heartbeat) are served

@@ -64,6 +64,8 @@ func (n *Node) serve(ctx context.Context, rt route, arg string, body []byte) (an
 		return n.leaderMembers(), nil
 	case routeRecordsPut, routeRecordsGet:
 		return n.serveRecords(ctx, rt, body)
+	case routeHello:
+		return n.hello(), nil
 	}
 	return nil, fmt.Errorf("%w: unknown route %s", errBadRequest, rt.name)
 }

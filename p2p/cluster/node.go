@@ -43,6 +43,7 @@ type Node struct {
 	raft   atomic.Pointer[raft.Raft] // set while this node runs Raft
 	voter  atomic.Bool
 	joined atomic.Bool
+	booted atomic.Bool          // bootstrapped by BootstrapExpect
 	view   atomic.Pointer[view] // voters and leader, as last told
 
 	// outMu guards outgoing requests against the end of Run: requests hold
@@ -315,6 +316,12 @@ func (n *Node) joinLoop(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if booted, berr := n.maybeBootstrap(ctx); berr != nil {
+			n.log.Warn("bootstrapping failed", "err", berr)
+		} else if booted {
+			wait = 100 * time.Millisecond
+			continue
 		}
 		level := slog.LevelDebug
 		if attempt >= 2 {

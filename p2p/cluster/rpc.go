@@ -39,6 +39,7 @@ type serveAt int
 const (
 	atLeader serveAt = iota // writes, joins, heartbeats, liveness
 	atVoter                 // reads of replicated state
+	atAny                   // every node, joined or not (hello)
 )
 
 type route struct {
@@ -58,7 +59,7 @@ var (
 	routeMembers   = route{"members", http.MethodGet, "/p2p/v1/cluster/members", atLeader}
 	routeBlob      = route{"blob", http.MethodGet, "/p2p/v1/cluster/blobs/{digest}", atVoter}
 
-	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob, routeRecordsPut, routeRecordsGet}
+	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob, routeRecordsPut, routeRecordsGet, routeHello}
 )
 
 func (rt route) path(arg string) string {
@@ -243,6 +244,9 @@ func (n *Node) forward(ctx context.Context, targets []string, final bool, rt rou
 }
 
 func (n *Node) canServe(rt route) bool {
+	if rt.at == atAny {
+		return true
+	}
 	r := n.raft.Load()
 	if r == nil {
 		return false
