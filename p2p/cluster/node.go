@@ -324,7 +324,7 @@ func (n *Node) joinLoop(ctx context.Context) error {
 			continue
 		}
 		level := slog.LevelDebug
-		if attempt >= 2 {
+		if attempt >= 2 || errors.Is(err, errCertificate) {
 			level = slog.LevelWarn
 		}
 		n.log.Log(ctx, level, "joining the cluster failed; retrying", "attempt", attempt, "retryIn", wait, "join", n.cfg.Join, "err", err)

@@ -3,6 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,6 +109,10 @@ var (
 	errBadRequest  = errors.New("bad cluster request")
 	errJoinRefused = errors.New("join refused")
 	errUnreachable = errors.New("peer unreachable")
+	// errCertificate: the TLS handshake failed on a certificate (a peer of
+	// another CA, or one that refused ours). Retrying within a request
+	// cannot help, so it is not retriable; the join loop backs off.
+	errCertificate = errors.New("peer certificate refused")
 	errRemote      = errors.New("peer failed")
 )
 
@@ -229,7 +235,7 @@ func (n *Node) forward(ctx context.Context, targets []string, final bool, rt rou
 		if err == nil {
 			return b, nil
 		}
-		if !retriable(err) {
+		if !retriable(err) && !errors.Is(err, errCertificate) {
 			return nil, err
 		}
 		last = err
@@ -350,6 +356,12 @@ func (n *Node) post(ctx context.Context, target string, rt route, arg string, bo
 	req.Header.Set(hopsHeader, strconv.Itoa(hops))
 	resp, err := n.client.Do(req)
 	if err != nil {
+		var alert tls.AlertError
+		var unknown x509.UnknownAuthorityError
+		var invalid x509.CertificateInvalidError
+		if errors.As(err, &alert) || errors.As(err, &unknown) || errors.As(err, &invalid) {
+			return nil, fmt.Errorf("%s: %w: %v", target, errCertificate, err)
+		}
 		return nil, fmt.Errorf("%s: %w: %v", target, errUnreachable, err)
 	}
 	defer resp.Body.Close()
