@@ -209,7 +209,7 @@ func (w *ingestion) WriteAt(p []byte, off int64) (int, error) {
 	// Bytes present or being written stay as they are: every byte is
 	// written once, so the hash fed on the way is the hash of the file.
 	w.mu.Lock()
-	todo := subtract(w.st.missing(off, end), w.writing)
+	todo := Subtract(w.st.missing(off, end), w.writing)
 	w.writing = append(w.writing, todo...)
 	w.mu.Unlock()
 
@@ -252,8 +252,9 @@ func (w *ingestion) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// subtract returns the parts of the sorted, disjoint rs not in any of busy.
-func subtract(rs []Range, busy []Range) []Range {
+// Subtract returns the parts of rs (sorted and disjoint) that are in none of
+// busy (in any order), sorted.
+func Subtract(rs []Range, busy []Range) []Range {
 	for _, b := range busy {
 		var out []Range
 		for _, r := range rs {
