@@ -206,7 +206,7 @@ func (f *Fetcher) start(repo name.Repository, dgst v1.Hash, lazy bool) *fetch {
 	defer f.mu.Unlock()
 	if ft, ok := f.active[dgst]; ok {
 		if !lazy {
-			ft.limiter.SetLimit(rate.Inf)
+			ft.unlimit()
 		}
 		return ft
 	}
@@ -405,8 +405,21 @@ func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash
 // the hole's start when body is nil (a closed range from a range source).
 // It returns early, without error, where a range request for a reader took
 // over the next bytes or they are present already.
+//
+// At a bounded rate from a range source, it asks for one chunk at a time,
+// after the rate allows it, so the source sends no more than the rate;
+// otherwise the rate (if any) paces the reads of the stream.
 func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCloser) error {
+	paced := false
 	if body == nil {
+		if ft.limiter.Limit() != rate.Inf && ft.rangesUsable() {
+			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
+			if err := ft.pace(at.ctx, int(hole.Len())); err != nil {
+				return err
+			}
+			at.idle.Reset(f.cfg.IdleTimeout)
+			paced = true
+		}
 		var err error
 		body, err = ft.open(at.ctx, hole)
 		if err != nil {
@@ -423,10 +436,12 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 			for _, c := range counters {
 				c.Add(float64(n))
 			}
-			if werr := ft.limiter.WaitN(at.ctx, n); werr != nil {
-				return context.Cause(at.ctx)
+			if !paced {
+				if werr := ft.pace(at.ctx, n); werr != nil {
+					return werr
+				}
+				at.idle.Reset(f.cfg.IdleTimeout)
 			}
-			at.idle.Reset(f.cfg.IdleTimeout)
 			more, werr := ft.write(buf[:n], pos)
 			if werr != nil {
 				return werr

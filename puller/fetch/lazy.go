@@ -43,6 +43,7 @@ type ranged struct {
 	claimed  []store.Range
 	wake     chan struct{} // closed when a claim is released
 	noRanges bool          // the source turned out to stream whole blobs only
+	lifted   chan struct{} // closed when the rate limit is lifted
 	stopped  bool          // no new range requests: the fetch is ending
 	err      error         // why a range request failed for good
 	workers  sync.WaitGroup
@@ -54,9 +55,49 @@ func (r *ranged) init(f *Fetcher, repo name.Repository, dgst v1.Hash, lazy bool)
 	if lazy && f.cfg.BackgroundRate > 0 {
 		limit = rate.Limit(f.cfg.BackgroundRate)
 	}
-	r.limiter = rate.NewLimiter(limit, fillBuffer)
+	r.limiter = rate.NewLimiter(limit, int(max(fillBuffer, f.cfg.ChunkSize)))
 	r.ctx, r.cancel = context.WithCancelCause(f.base)
 	r.wake = make(chan struct{})
+	r.lifted = make(chan struct{})
+	if limit == rate.Inf {
+		close(r.lifted)
+	}
+}
+
+// unlimit lifts the rate limit, also for the fill waiting for it now.
+func (r *ranged) unlimit() {
+	r.limiter.SetLimit(rate.Inf)
+	r.mu.Lock()
+	select {
+	case <-r.lifted:
+	default:
+		close(r.lifted)
+	}
+	r.mu.Unlock()
+}
+
+// pace waits until the rate allows n more bytes, or the limit is lifted.
+func (r *ranged) pace(ctx context.Context, n int) error {
+	res := r.limiter.ReserveN(time.Now(), n)
+	if !res.OK() {
+		return fmt.Errorf("blob %s: %d bytes exceed the rate limit's burst", r.dgst, n)
+	}
+	d := res.Delay()
+	if d == 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-r.lifted:
+		res.Cancel()
+		return nil
+	case <-ctx.Done():
+		res.Cancel()
+		return fmt.Errorf("blob %s: waiting for the background rate: %w", r.dgst, context.Cause(ctx))
+	}
 }
 
 func (r *ranged) setIngestion(ing store.Ingestion, size int64) {
@@ -139,15 +180,19 @@ func (r *ranged) counters(demand bool) []prometheus.Counter {
 	return cs
 }
 
+// rangesUsable reports whether range requests go to the source.
+func (r *ranged) rangesUsable() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.ranges != nil && !r.noRanges
+}
+
 // open opens the source for the fill at the hole's start: a closed range
 // from a range source, else the stream to the blob's end (the fill stops
 // reading at the hole's end).
 func (r *ranged) open(ctx context.Context, hole store.Range) (io.ReadCloser, error) {
 	f := r.f
-	r.mu.Lock()
-	useRanges := f.ranges != nil && !r.noRanges
-	r.mu.Unlock()
-	if useRanges {
+	if r.rangesUsable() {
 		body, err := f.ranges.FetchRange(ctx, r.repo, r.dgst, hole.Start, hole.Len())
 		if !errors.Is(err, puller.ErrNoRanges) {
 			return body, err
@@ -172,7 +217,7 @@ func (r *ranged) noSourceRanges(err error) {
 	first := !r.noRanges
 	r.noRanges = true
 	r.mu.Unlock()
-	r.limiter.SetLimit(rate.Inf)
+	r.unlimit()
 	if first {
 		r.f.log.Info("source serves whole blobs only; readers of ranges wait for the stream", "digest", r.dgst.String(), "err", err)
 	}
@@ -331,7 +376,7 @@ func (r *ranged) fetchRange(piece store.Range) error {
 // puller.RangeSource, or one that turns out to ignore ranges, readers wait
 // for the sequential stream, as with Open.
 func (f *Fetcher) OpenLazy(ctx context.Context, repo name.Repository, dgst v1.Hash) (store.Blob, string, error) {
-	return f.open(ctx, repo, dgst, true)
+	return f.open(ctx, repo, dgst, f.ranges != nil)
 }
 
 // Wanter is implemented by the blobs OpenLazy returns.
