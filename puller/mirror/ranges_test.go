@@ -87,4 +87,3 @@ func FuzzWantedRanges(f *testing.F) {
 		}
 	})
 }
-
