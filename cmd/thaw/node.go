@@ -45,6 +45,9 @@ type nodeConfig struct {
 	Resolver        catalog.ResolverConfig
 	Concurrency     int
 	Peer            peerConfig
+	// BackgroundRate bounds, in bytes per second, the fill of blobs read
+	// by range (lazy loading); 0: unlimited.
+	BackgroundRate int64
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -125,6 +128,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		return nil, err
 	}
 	fcfg := fetch.DefaultConfig()
+	fcfg.BackgroundRate = cfg.BackgroundRate
 	var source puller.Source = up
 	if pn.swarm != nil {
 		// Blobs come through the peer network, which counts its bytes by
