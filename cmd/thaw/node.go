@@ -45,8 +45,8 @@ type nodeConfig struct {
 	Resolver        catalog.ResolverConfig
 	Concurrency     int
 	Peer            peerConfig
-	// BackgroundRate bounds, in bytes per second, the fill of blobs read
-	// by range (lazy loading); 0: unlimited.
+	// BackgroundRate bounds, in bytes per second for the node, the fill of
+	// blobs read by range (lazy loading); 0: unlimited.
 	BackgroundRate int64
 }
 

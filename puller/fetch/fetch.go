@@ -51,9 +51,10 @@ type Config struct {
 	// RangeConcurrency bounds the range requests in flight, all blobs
 	// together.
 	RangeConcurrency int
-	// BackgroundRate bounds, in bytes per second, how fast a lazily opened
-	// blob fills in the bytes no reader asked for. 0: unlimited. A whole-blob
-	// reader (Open, Ensure) lifts the bound for that blob.
+	// BackgroundRate bounds, in bytes per second and for the node (all
+	// blobs together), how fast lazily opened blobs fill in the bytes no
+	// reader asked for. 0: unlimited. A whole-blob reader (Open, Ensure)
+	// frees that blob from it.
 	BackgroundRate int64
 }
 
@@ -96,6 +97,9 @@ type Fetcher struct {
 
 	// rangeSlots bounds the range requests in flight.
 	rangeSlots chan struct{}
+	// background paces the fills of lazily opened blobs, all together;
+	// nil: unlimited.
+	background *rate.Limiter
 
 	mu     sync.Mutex
 	active map[v1.Hash]*fetch
@@ -129,6 +133,7 @@ func New(cfg Config, st store.ContentStore, src puller.Source, manifests puller.
 	return &Fetcher{
 		cfg: cfg, store: st, source: src, ranges: rs, manifests: manifests, metrics: m, log: log,
 		base: base, cancel: cancel, active: map[v1.Hash]*fetch{}, rangeSlots: make(chan struct{}, cfg.RangeConcurrency),
+		background: newBackgroundLimiter(cfg),
 	}, nil
 }
 
@@ -429,7 +434,7 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 	paced := false
 	var own store.Range // the fill's claim while paced
 	if body == nil {
-		if ft.limiter.Limit() != rate.Inf && ft.rangesUsable() {
+		if ft.paced() && ft.rangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
 			// Waiting for the rate is not the source stalling.
 			at.idle.Stop()

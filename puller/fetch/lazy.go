@@ -26,11 +26,10 @@ const fillBuffer = 256 << 10
 // the buffer it writes), so that no byte is fetched twice, and the rate of
 // the fill.
 type ranged struct {
-	f       *Fetcher
-	repo    name.Repository
-	dgst    v1.Hash
-	lazy    bool // opened by OpenLazy: the fill is background work
-	limiter *rate.Limiter
+	f    *Fetcher
+	repo name.Repository
+	dgst v1.Hash
+	lazy bool // opened by OpenLazy: the fill is background work
 
 	// ctx ends the fetch: Close, or a range request that failed for good
 	// (the cause).
@@ -43,7 +42,7 @@ type ranged struct {
 	claimed  []store.Range
 	wake     chan struct{} // closed when a claim is released; nil when nobody waits
 	noRanges bool          // the source turned out to stream whole blobs only
-	lifted   chan struct{} // closed when the rate limit is lifted
+	lifted   chan struct{} // closed when the fill no longer keeps to the background rate
 	stopped  bool          // no new range requests: the fetch is ending
 	err      error         // why a range request failed for good
 	workers  sync.WaitGroup
@@ -51,41 +50,54 @@ type ranged struct {
 
 func (r *ranged) init(f *Fetcher, repo name.Repository, dgst v1.Hash, lazy bool) {
 	r.f, r.repo, r.dgst, r.lazy = f, repo, dgst, lazy
-	limit := rate.Inf
-	if lazy && f.cfg.BackgroundRate > 0 {
-		limit = rate.Limit(f.cfg.BackgroundRate)
-	}
-	burst := int(max(fillBuffer, f.cfg.ChunkSize))
-	r.limiter = rate.NewLimiter(limit, burst)
-	if limit != rate.Inf {
-		// Start with an empty bucket: the first background chunk comes
-		// after the readers' first ranges, not with them.
-		r.limiter.ReserveN(time.Now(), burst)
-	}
 	r.ctx, r.cancel = context.WithCancelCause(f.base)
 	r.lifted = make(chan struct{})
-	if limit == rate.Inf {
+	if !lazy || f.background == nil {
 		close(r.lifted)
 	}
 }
 
-// unlimit lifts the rate limit, also for the fill waiting for it now.
-func (r *ranged) unlimit() {
-	r.limiter.SetLimit(rate.Inf)
-	r.mu.Lock()
+// newBackgroundLimiter is the node's budget for background fills, shared by
+// every lazily opened blob; nil for none. Its bucket starts empty: the
+// first background chunk comes after the readers' first ranges.
+func newBackgroundLimiter(cfg Config) *rate.Limiter {
+	if cfg.BackgroundRate == 0 {
+		return nil
+	}
+	burst := int(max(fillBuffer, cfg.ChunkSize))
+	lim := rate.NewLimiter(rate.Limit(cfg.BackgroundRate), burst)
+	lim.ReserveN(time.Now(), burst)
+	return lim
+}
+
+// paced reports whether the fill keeps to the background rate.
+func (r *ranged) paced() bool {
 	select {
 	case <-r.lifted:
+		return false
 	default:
+		return true
+	}
+}
+
+// unlimit frees the fill from the background rate, also while it waits.
+func (r *ranged) unlimit() {
+	r.mu.Lock()
+	if r.paced() {
 		close(r.lifted)
 	}
 	r.mu.Unlock()
 }
 
-// pace waits until the rate allows n more bytes, or the limit is lifted.
+// pace waits until the background rate allows n more bytes, or the fill is
+// freed from it.
 func (r *ranged) pace(ctx context.Context, n int) error {
-	res := r.limiter.ReserveN(time.Now(), n)
+	if !r.paced() {
+		return nil
+	}
+	res := r.f.background.ReserveN(time.Now(), n)
 	if !res.OK() {
-		return fmt.Errorf("blob %s: %d bytes exceed the rate limit's burst", r.dgst, n)
+		return fmt.Errorf("blob %s: %d bytes exceed the background rate's burst", r.dgst, n)
 	}
 	d := res.Delay()
 	if d == 0 {
