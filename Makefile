@@ -59,7 +59,7 @@ bench-burst:
 	THAW_BURST=1 $(GO) test -tags e2e -count=1 -run TestBurstBenchmark -v -timeout 60m ./integration/cluster/
 
 bench:
-	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob' -benchtime 5x ./puller/mirror
+	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob|BenchmarkTailRangeOfAbsentBlob' -benchtime 5x ./puller/mirror
 
 clean:
 	rm -rf bin
