@@ -217,11 +217,11 @@ type layer struct {
 
 var _ partial.CompressedLayer = (*layer)(nil)
 
-func (l *layer) Digest() (v1.Hash, error)             { return l.digest, nil }
-func (l *layer) DiffID() (v1.Hash, error)             { return l.diffID, nil }
-func (l *layer) Size() (int64, error)                 { return l.size, nil }
-func (l *layer) MediaType() (types.MediaType, error)  { return l.mediaType, nil }
-func (l *layer) Compressed() (io.ReadCloser, error)   { return os.Open(l.file) }
+func (l *layer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *layer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
+func (l *layer) Size() (int64, error)                { return l.size, nil }
+func (l *layer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
+func (l *layer) Compressed() (io.ReadCloser, error)  { return os.Open(l.file) }
 
 // convertLayer writes l's tar to a temporary file, finds the prioritized
 // files in it, builds the eStargz blob into another file and hashes it on

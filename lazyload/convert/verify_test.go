@@ -27,7 +27,9 @@ func convertedLayer(t testing.TB) ([]byte, string) {
 	return blobOf(t, layers[0]), rep.Layers[0].TOCDigest
 }
 
-func section(b []byte) *io.SectionReader { return io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))) }
+func section(b []byte) *io.SectionReader {
+	return io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b)))
+}
 
 // TestVerifyRefusesCorruptTOC: bytes of the TOC changed in transit; the
 // blob is refused, whatever the damage.
