@@ -89,6 +89,11 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.IntVar(&cfg.Peer.Swarm.MaxUploads, "max-uploads", cfg.Peer.Swarm.MaxUploads, "piece uploads served at once")
 	f.Var(&pieceSize, "piece-size", "unit of peer transfer and verification (all nodes must agree)")
 
+	// Lazy loading.
+	f.StringVar(&cfg.Snapshotter.Socket, "snapshotter-socket", "", "serve the embedded stargz snapshotter on this unix socket, for containerd's proxy_plugins (empty: off)")
+	f.StringVar(&cfg.Snapshotter.Root, "snapshotter-root", "", "the snapshotter's snapshots, FUSE mounts and cache (default <data-dir>/stargz)")
+	f.StringVar(&cfg.Snapshotter.Mirror, "snapshotter-mirror", "", "URL the snapshotter sends its range reads to (default: this daemon's mirror)")
+
 	return cmd
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/thaw-dev/thaw/lazyload/snapshotter"
 	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/puller"
 	"github.com/thaw-dev/thaw/puller/api"
@@ -45,6 +46,7 @@ type nodeConfig struct {
 	Resolver        catalog.ResolverConfig
 	Concurrency     int
 	Peer            peerConfig
+	Snapshotter     snapshotter.Config // off when Socket is empty
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -58,6 +60,7 @@ type node struct {
 	peer     *peerNode
 	removed  <-chan v1.Hash // blobs the store removed, to drop from the cluster
 	servers  []*server
+	lazy     *snapshotter.Service // nil unless --snapshotter-socket
 }
 
 type server struct {
@@ -150,14 +153,31 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		if err != nil {
 			n.closeListeners()
 			pn.cluster.Close()
+			if n.lazy != nil {
+				n.lazy.Close()
+			}
 		}
 	}(n)
 	mirrorLn, err := n.listen("mirror", "tcp", cfg.MirrorAddr, mir)
 	if err != nil {
 		return nil, err
 	}
+	var gatherer prometheus.Gatherer = reg
+	if cfg.Snapshotter.Socket != "" {
+		sc := cfg.Snapshotter
+		if sc.Root == "" {
+			sc.Root = filepath.Join(cfg.DataDir, "stargz")
+		}
+		if sc.Mirror == "" {
+			sc.Mirror = "http://" + mirrorLn.Addr().String()
+		}
+		if n.lazy, err = snapshotter.New(ctx, sc, metrics.NewLazyload(reg), log); err != nil {
+			return nil, err
+		}
+		gatherer = prometheus.Gatherers{reg, metrics.StargzGatherer()}
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{Registry: reg}))
 	if _, err := n.listen("metrics", "tcp", cfg.MetricsAddr, mux); err != nil {
 		return nil, err
 	}
@@ -241,6 +261,9 @@ func (n *node) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return n.peer.cluster.Run(gctx)
 	})
+	if n.lazy != nil {
+		g.Go(func() error { return n.lazy.Run(gctx) })
+	}
 	g.Go(func() error {
 		for {
 			select {

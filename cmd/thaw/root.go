@@ -43,6 +43,7 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newDemoCmd(g),
 		newPeersCmd(g),
 		newReplayCmd(g),
+		newConvertCmd(),
 		newCertsCmd(),
 		newVersionCmd(),
 	)

@@ -158,6 +158,12 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close releases what New took, for a Service whose Run is not called.
+func (s *Service) Close() {
+	s.ln.Close()
+	s.close()
+}
+
 // close releases what New took; safe to call more than once.
 func (s *Service) close() {
 	s.once.Do(func() {
