@@ -29,6 +29,8 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	p.PieceDuration.WithLabelValues("ok").Observe(1)
 	p.OriginFetches.WithLabelValues("seeder").Inc()
 	p.UploadBytes.WithLabelValues("node1").Add(1)
+	l := metrics.NewLazyload(reg)
+	l.Mounts.WithLabelValues(metrics.MountOK).Inc()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
