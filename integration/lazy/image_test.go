@@ -1,0 +1,302 @@
+//go:build e2e
+
+package lazy
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
+)
+
+// pyImage is a Python runtime taken from this machine: the interpreter, the
+// directories of its prefix, and every shared library that ldd finds for
+// the interpreter and the extension modules, each at the path it has here.
+type pyImage struct {
+	python string   // the interpreter's path (in the image as on the host)
+	dirs   []string // directories copied whole, one layer each
+	script string   // the workload: imports some modules, prints "ready"
+}
+
+// readyLine is what the workload prints when it has started.
+const readyLine = "ready"
+
+// smallPython is Debian's python3 and its standard library (some 50 MB):
+// the image of the functional tests.
+func smallPython() pyImage {
+	return pyImage{
+		python: "/usr/bin/python3.11",
+		dirs:   []string{"/usr/lib/python3.11"},
+		script: `import json, email.mime.text, http.client, decimal; print("` + readyLine + `", flush=True)`,
+	}
+}
+
+// layers returns the image's layers: shared libraries first, then each of
+// dirs, the interpreter with the libraries.
+func (p pyImage) layers(t *testing.T) []v1.Layer {
+	t.Helper()
+	libs := map[string]bool{p.python: true}
+	var sos []string
+	for _, d := range p.dirs {
+		_ = filepath.WalkDir(d, func(path string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() && strings.Contains(e.Name(), ".so") {
+				sos = append(sos, path)
+			}
+			return nil
+		})
+	}
+	for _, f := range append([]string{p.python}, sos...) {
+		for _, lib := range ldd(t, f) {
+			libs[lib] = true
+		}
+	}
+	var libList []string
+	for l := range libs {
+		libList = append(libList, l)
+	}
+	sort.Strings(libList)
+	ls := []v1.Layer{fileLayer(t, libList)}
+	for _, d := range p.dirs {
+		ls = append(ls, dirLayer(t, d))
+	}
+	return ls
+}
+
+// ldd lists the absolute paths of the shared libraries f loads.
+func ldd(t *testing.T, f string) []string {
+	out, err := exec.Command("ldd", f).Output()
+	if err != nil {
+		return nil // not dynamic
+	}
+	var libs []string
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		for _, field := range strings.Fields(sc.Text()) {
+			if strings.HasPrefix(field, "/") {
+				libs = append(libs, field)
+			}
+		}
+	}
+	return libs
+}
+
+// push builds the image and pushes it as ref (plain HTTP).
+func (p pyImage) push(t *testing.T, ref string) (size int64) {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, p.layers(t)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"}
+	cfg.Config.Entrypoint = []string{p.python, "-c", p.script}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	return size
+}
+
+// imageSize sums the compressed sizes of ref's layers.
+func imageSize(t *testing.T, ref string) int64 {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+// startupFiles runs the workload here, on the host, and lists the files it
+// had open or mapped and the modules it imported: what --record would find
+// by watching the workload in a container. Paths are the same in the image.
+func (p pyImage) startupFiles(t *testing.T) []string {
+	t.Helper()
+	script := p.script + `
+import sys, os
+seen = [sys.executable]
+for line in open("/proc/self/maps"):
+    f = line.split()
+    if len(f) >= 6 and f[5].startswith("/"):
+        seen.append(f[5])
+for m in list(sys.modules.values()):
+    for a in ("__file__", "__cached__"):
+        v = getattr(m, a, None)
+        if isinstance(v, str) and os.path.exists(v):
+            seen.append(os.path.abspath(v))
+out, done = [], set()
+for s in seen:
+    if s not in done:
+        done.add(s); out.append(s)
+print("\n".join(out), file=sys.stderr)
+`
+	cmd := exec.Command(p.python, "-c", script)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("record start-up files: %v\n%s", err, stderr.String())
+	}
+	return strings.Fields(stderr.String())
+}
+
+// convert runs `thaw convert` from plain to esgz with the prioritized files.
+func convert(t *testing.T, plain, esgz string, prioritize []string) (string, time.Duration) {
+	t.Helper()
+	args := []string{"convert", plain, esgz, "--insecure"}
+	if len(prioritize) > 0 {
+		list := filepath.Join(t.TempDir(), "startup.txt")
+		if err := os.WriteFile(list, []byte(strings.Join(prioritize, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--prioritize-from", list)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	start := time.Now()
+	out, err := testenv.RunCmd(ctx, testenv.CleanEnv(), thawBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, time.Since(start)
+}
+
+// fileLayer is a layer of the given host files at their paths, symlinks
+// followed, with their parent directories.
+func fileLayer(t *testing.T, files []string) v1.Layer {
+	t.Helper()
+	return layerFrom(t, func(tw *tar.Writer, dirs map[string]bool) {
+		for _, f := range files {
+			addFile(t, tw, dirs, f, true)
+		}
+	})
+}
+
+// dirLayer is a layer holding the host directory dir, symlinks kept.
+func dirLayer(t *testing.T, dir string) v1.Layer {
+	t.Helper()
+	return layerFrom(t, func(tw *tar.Writer, dirs map[string]bool) {
+		_ = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() || strings.Contains(path, "/__pycache__/") && !strings.HasSuffix(path, ".pyc") {
+				return nil
+			}
+			addFile(t, tw, dirs, path, false)
+			return nil
+		})
+	})
+}
+
+func layerFrom(t *testing.T, write func(*tar.Writer, map[string]bool)) v1.Layer {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "layer-*.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	write(tw, map[string]bool{})
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := tarball.LayerFromFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func addFile(t *testing.T, tw *tar.Writer, dirs map[string]bool, path string, follow bool) {
+	t.Helper()
+	var parents []string
+	for d := filepath.Dir(path); d != "/" && !dirs[d]; d = filepath.Dir(d) {
+		parents = append(parents, d)
+	}
+	for i := len(parents) - 1; i >= 0; i-- {
+		dirs[parents[i]] = true
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(parents[i], "/") + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stat := os.Lstat
+	if follow {
+		stat = os.Stat
+	}
+	fi, err := stat(path)
+	if err != nil {
+		return
+	}
+	name := strings.TrimPrefix(path, "/")
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		target, err := os.Readlink(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777, ModTime: time.Unix(0, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	case fi.Mode().IsRegular():
+		src, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		defer src.Close()
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(tw, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
