@@ -386,8 +386,8 @@ func (c *ctrd) remoteSnapshots(t *testing.T) (remote, all int) {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(out, "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 3 || f[2] != "Committed" {
+		f := strings.Fields(line) // KEY [PARENT] KIND
+		if len(f) < 2 || f[len(f)-1] != "Committed" {
 			continue
 		}
 		all++

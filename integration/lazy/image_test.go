@@ -209,13 +209,26 @@ func convert(t *testing.T, plain, esgz string, prioritize []string) (string, tim
 	return out, time.Since(start)
 }
 
-// fileLayer is a layer of the given host files at their paths, symlinks
-// followed, with their parent directories.
+// fileLayer is a layer of the given host files, each at its real path
+// (symlinks resolved, as /proc/self/maps shows it) with a symlink at the
+// path given when that differs, and their parent directories.
 func fileLayer(t *testing.T, files []string) v1.Layer {
 	t.Helper()
 	return layerFrom(t, func(tw *tar.Writer, dirs map[string]bool) {
+		done := map[string]bool{}
 		for _, f := range files {
-			addFile(t, tw, dirs, f, true)
+			real, err := filepath.EvalSymlinks(f)
+			if err != nil {
+				continue
+			}
+			if !done[real] {
+				done[real] = true
+				addFile(t, tw, dirs, real)
+			}
+			if real != f && !done[f] {
+				done[f] = true
+				addEntry(t, tw, dirs, &tar.Header{Name: f, Typeflag: tar.TypeSymlink, Linkname: real, Mode: 0o777})
+			}
 		}
 	})
 }
@@ -228,7 +241,7 @@ func dirLayer(t *testing.T, dir string) v1.Layer {
 			if err != nil || e.IsDir() || strings.Contains(path, "/__pycache__/") && !strings.HasSuffix(path, ".pyc") {
 				return nil
 			}
-			addFile(t, tw, dirs, path, false)
+			addFile(t, tw, dirs, path)
 			return nil
 		})
 	})
@@ -255,10 +268,40 @@ func layerFrom(t *testing.T, write func(*tar.Writer, map[string]bool)) v1.Layer 
 	return l
 }
 
-func addFile(t *testing.T, tw *tar.Writer, dirs map[string]bool, path string, follow bool) {
+// addFile adds the host file path (a regular file or a symlink, kept as
+// one) at the same path.
+func addFile(t *testing.T, tw *tar.Writer, dirs map[string]bool, path string) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return
+	}
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		target, err := os.Readlink(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addEntry(t, tw, dirs, &tar.Header{Name: path, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777})
+	case fi.Mode().IsRegular():
+		src, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		defer src.Close()
+		addEntry(t, tw, dirs, &tar.Header{Name: path, Typeflag: tar.TypeReg, Mode: int64(fi.Mode().Perm()), Size: fi.Size()})
+		if _, err := io.Copy(tw, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// addEntry writes h (Name an absolute path) after the parent directories
+// the layer does not have yet.
+func addEntry(t *testing.T, tw *tar.Writer, dirs map[string]bool, h *tar.Header) {
 	t.Helper()
 	var parents []string
-	for d := filepath.Dir(path); d != "/" && !dirs[d]; d = filepath.Dir(d) {
+	for d := filepath.Dir(h.Name); d != "/" && !dirs[d]; d = filepath.Dir(d) {
 		parents = append(parents, d)
 	}
 	for i := len(parents) - 1; i >= 0; i-- {
@@ -267,36 +310,9 @@ func addFile(t *testing.T, tw *tar.Writer, dirs map[string]bool, path string, fo
 			t.Fatal(err)
 		}
 	}
-	stat := os.Lstat
-	if follow {
-		stat = os.Stat
-	}
-	fi, err := stat(path)
-	if err != nil {
-		return
-	}
-	name := strings.TrimPrefix(path, "/")
-	switch {
-	case fi.Mode()&os.ModeSymlink != 0:
-		target, err := os.Readlink(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777, ModTime: time.Unix(0, 0)})
-		if err != nil {
-			t.Fatal(err)
-		}
-	case fi.Mode().IsRegular():
-		src, err := os.Open(path)
-		if err != nil {
-			return
-		}
-		defer src.Close()
-		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: time.Unix(0, 0)}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(tw, src); err != nil {
-			t.Fatal(err)
-		}
+	h.Name = strings.TrimPrefix(h.Name, "/")
+	h.ModTime = time.Unix(0, 0)
+	if err := tw.WriteHeader(h); err != nil {
+		t.Fatal(err)
 	}
 }

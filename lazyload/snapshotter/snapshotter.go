@@ -63,18 +63,21 @@ func (c Config) Validate() error {
 // Service is the stargz snapshotter serving containerd's snapshots API on a
 // unix socket.
 type Service struct {
-	cfg  Config
-	log  *slog.Logger
-	sn   snapshots.Snapshotter
-	srv  *grpc.Server
-	ln   net.Listener
-	once sync.Once
+	cfg   Config
+	log   *slog.Logger
+	m     *metrics.Lazyload
+	hosts source.RegistryHosts
+	ln    net.Listener
+	once  sync.Once
+	// set by start, in Run
+	sn  snapshots.Snapshotter
+	srv *grpc.Server
 }
 
-// New creates the snapshotter under cfg.Root (restoring the lazy mounts of
-// snapshots a previous run left) and listens on cfg.Socket. It refuses to
-// start beside a live snapshotter on the same socket.
-func New(ctx context.Context, cfg Config, m *metrics.Lazyload, log *slog.Logger) (_ *Service, err error) {
+// New prepares cfg.Root (detaching FUSE mounts a killed earlier run left)
+// and listens on cfg.Socket; Run creates the snapshotter and serves. New
+// refuses to start beside a live snapshotter on the same socket.
+func New(ctx context.Context, cfg Config, m *metrics.Lazyload, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -98,32 +101,36 @@ func New(ctx context.Context, cfg Config, m *metrics.Lazyload, log *slog.Logger)
 	} else if n > 0 {
 		log.Info("detached FUSE mounts left by an earlier run", "count", n, "root", cfg.Root)
 	}
-	fsys, err := service.NewFileSystem(ctx, cfg.Root, &service.Config{}, service.WithCustomRegistryHosts(hosts))
+	ln, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
-		return nil, fmt.Errorf("stargz file system: %w", err)
+		return nil, fmt.Errorf("snapshotter socket: %w", err)
+	}
+	return &Service{cfg: cfg, log: log, m: m, hosts: hosts, ln: ln}, nil
+}
+
+// start creates the snapshotter. It runs in Run, not New, because a
+// snapshotter restores the lazy mounts of an earlier run as it starts, and
+// that reads from the mirror, which serves only once the daemon runs.
+func (s *Service) start(ctx context.Context) error {
+	fsys, err := service.NewFileSystem(ctx, s.cfg.Root, &service.Config{}, service.WithCustomRegistryHosts(s.hosts))
+	if err != nil {
+		return fmt.Errorf("stargz file system: %w", err)
 	}
 	// The same layout as service.NewStargzSnapshotterService, with the file
 	// system measured. A lazy mount that cannot be restored after a restart
 	// (its registry gone) is left for containerd to remove instead of
 	// failing the daemon's start.
-	sn, err := snapshot.NewSnapshotter(ctx, filepath.Join(cfg.Root, "snapshotter"), measured(fsys, m, log),
+	sn, err := snapshot.NewSnapshotter(ctx, filepath.Join(s.cfg.Root, "snapshotter"), measured(fsys, s.m, s.log),
 		snapshot.AsynchronousRemove, snapshot.AllowInvalidMountsOnRestart)
 	if err != nil {
-		return nil, fmt.Errorf("stargz snapshotter: %w", err)
+		return fmt.Errorf("stargz snapshotter: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			sn.Close()
-		}
-	}()
-	ln, err := net.Listen("unix", cfg.Socket)
-	if err != nil {
-		return nil, fmt.Errorf("snapshotter socket: %w", err)
-	}
-	srv := grpc.NewServer()
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
-	return &Service{cfg: cfg, log: log, sn: sn, srv: srv, ln: ln}, nil
+	s.sn = sn
+	s.srv = grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(s.srv, snapshotservice.FromSnapshotter(sn))
+	return nil
 }
+
 
 // Socket is the path containerd dials.
 func (s *Service) Socket() string { return s.cfg.Socket }
@@ -133,6 +140,10 @@ func (s *Service) Socket() string { return s.cfg.Socket }
 // on them lose their files, as with a stopped stargz snapshotter) and the
 // socket is removed.
 func (s *Service) Run(ctx context.Context) error {
+	if err := s.start(ctx); err != nil {
+		s.close()
+		return err
+	}
 	s.log.Info("stargz snapshotter listening", "socket", s.cfg.Socket, "root", s.cfg.Root, "mirror", s.cfg.Mirror)
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(s.ln) }()
@@ -159,16 +170,16 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // Close releases what New took, for a Service whose Run is not called.
-func (s *Service) Close() {
-	s.ln.Close()
-	s.close()
-}
+func (s *Service) Close() { s.close() }
 
 // close releases what New took; safe to call more than once.
 func (s *Service) close() {
 	s.once.Do(func() {
-		if err := s.sn.Close(); err != nil {
-			s.log.Warn("closing the stargz snapshotter", "err", err)
+		s.ln.Close()
+		if s.sn != nil {
+			if err := s.sn.Close(); err != nil {
+				s.log.Warn("closing the stargz snapshotter", "err", err)
+			}
 		}
 		if n, err := unmountUnder(s.cfg.Root); err != nil {
 			s.log.Warn("unmounting lazy layers", "err", err)
