@@ -177,6 +177,12 @@ func testSnapshotterKilled(t *testing.T, f *fixture) {
 	if _, err := os.Stat(n.thaw.socket); err != nil {
 		t.Fatalf("socket after restart: %v", err)
 	}
+	// containerd redials a proxy snapshotter with gRPC's backoff (1 s,
+	// growing 1.6 times a failure), so it finds the new one within seconds.
+	n.ctrd.proc.WaitFor(t, "containerd reaching the restarted snapshotter", 2*time.Minute, func() error {
+		_, err := n.ctrd.ctr(10*time.Second, "snapshots", "--snapshotter", "stargz", "ls")
+		return err
+	})
 	_, out := n.ctrd.run(t, f.esgz, "stargz", readyLine)
 	remote, all := n.ctrd.remoteSnapshots(t)
 	if remote != all || all == 0 {
