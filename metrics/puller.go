@@ -37,6 +37,8 @@ type Puller struct {
 	// StaleServed: tag resolutions answered from the last known digest because
 	// the upstream was unavailable.
 	StaleServed prometheus.Counter
+	// Lazy: blobs read by range before they are complete.
+	Lazy *Lazy
 }
 
 // NewPuller creates and registers the pipeline metrics on reg.
@@ -79,6 +81,7 @@ func NewPuller(reg prometheus.Registerer) *Puller {
 	}
 	reg.MustRegister(m.RequestDuration, m.PullDuration, m.Bytes, m.FetchedBytes,
 		m.CacheRequests, m.InFlight, m.UpstreamErrors, m.StaleServed)
+	m.Lazy = NewLazy(reg)
 	return m
 }
 

@@ -29,6 +29,9 @@ var (
 	// ErrQuota: storing the blob would exceed the disk quota even after evicting
 	// every evictable blob, or the disk itself is full.
 	ErrQuota = errors.New("store quota exceeded")
+	// ErrNoRanges: the source answered a range request with the whole blob
+	// from its start; it can only stream blobs sequentially.
+	ErrNoRanges = errors.New("source does not serve byte ranges")
 )
 
 // MaxManifestSize bounds manifests and indexes read from the network (4 MiB, as
@@ -52,6 +55,25 @@ type Source interface {
 	// the caller hashes them and the store refuses a mismatch. The returned reader
 	// must be closed. Errors wrap ErrNotFound, ErrUnavailable or ErrUnauthorized.
 	FetchBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64) (io.ReadCloser, int64, error)
+}
+
+// RangeSource is a Source that also delivers any byte range of a blob, so a
+// reader of a blob's end need not wait for its start (lazy loading reads an
+// eStargz layer's footer and table of contents first). The fetcher uses it
+// when its Source implements it, and streams sequentially otherwise.
+type RangeSource interface {
+	Source
+	// BlobSize returns the blob's total size without fetching its bytes.
+	// Errors as FetchBlob's.
+	BlobSize(ctx context.Context, repo name.Repository, dgst v1.Hash) (int64, error)
+	// FetchRange returns the n bytes (n > 0) of the blob at off. The reader
+	// delivers exactly n bytes, or fails (io.ErrUnexpectedEOF when the
+	// source ends early); it must be closed. The bytes are not verified: the
+	// store verifies the whole blob at its commit. A range past the blob's
+	// end wraps ErrSizeMismatch; a source that turns out to serve whole blobs
+	// only wraps ErrNoRanges (the caller falls back to FetchBlob). Other
+	// errors wrap ErrNotFound, ErrUnavailable or ErrUnauthorized.
+	FetchRange(ctx context.Context, repo name.Repository, dgst v1.Hash, off, n int64) (io.ReadCloser, error)
 }
 
 // ManifestSource resolves tags and reads manifests.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/puller"
@@ -39,12 +39,29 @@ type Config struct {
 	// ManifestTimeout bounds a manifest fetch, which runs detached from the
 	// requests that share it.
 	ManifestTimeout time.Duration
+	// ChunkSize aligns the ranges fetched for readers of lazily opened blobs
+	// (OpenLazy): a read fetches the chunks that cover it.
+	ChunkSize int64
+	// MaxRangeRequest bounds one range request: the missing chunks a read
+	// needs are coalesced into requests of at most this many bytes, sent
+	// in parallel.
+	MaxRangeRequest int64
+	// RangeConcurrency bounds the range requests in flight, all blobs
+	// together.
+	RangeConcurrency int
+	// BackgroundRate bounds, in bytes per second, how fast a lazily opened
+	// blob fills in the bytes no reader asked for. 0: unlimited. A whole-blob
+	// reader (Open, Ensure) lifts the bound for that blob.
+	BackgroundRate int64
 }
 
 // DefaultConfig: a stream idle for 30 s is cut; three resumptions, 200 ms apart
 // at first.
+// Lazily opened blobs: 1 MiB chunks, requests of up to 4 MiB, 4 in flight,
+// the rest filled in at 32 MiB/s.
 func DefaultConfig() Config {
-	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true, ManifestTimeout: 30 * time.Second}
+	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true, ManifestTimeout: 30 * time.Second,
+		ChunkSize: 1 << 20, MaxRangeRequest: 4 << 20, RangeConcurrency: 4, BackgroundRate: 32 << 20}
 }
 
 // Validate reports a configuration that cannot work.
@@ -52,6 +69,10 @@ func (c Config) Validate() error {
 	if c.IdleTimeout <= 0 || c.ManifestTimeout <= 0 || c.Retries < 0 || c.RetryBackoff < 0 || c.SourceName == "" {
 		return fmt.Errorf("fetch: idle and manifest timeouts must be > 0, retries and backoff >= 0, source name set (got idle %s, manifest %s, retries %d, backoff %s, source %q)",
 			c.IdleTimeout, c.ManifestTimeout, c.Retries, c.RetryBackoff, c.SourceName)
+	}
+	if c.ChunkSize <= 0 || c.MaxRangeRequest < c.ChunkSize || c.RangeConcurrency <= 0 || c.BackgroundRate < 0 {
+		return fmt.Errorf("fetch: chunk size must be > 0, max range request >= chunk size, range concurrency > 0, background rate >= 0 (got chunk %d, max request %d, concurrency %d, rate %d)",
+			c.ChunkSize, c.MaxRangeRequest, c.RangeConcurrency, c.BackgroundRate)
 	}
 	return nil
 }
@@ -61,6 +82,7 @@ type Fetcher struct {
 	cfg       Config
 	store     store.ContentStore
 	source    puller.Source
+	ranges    puller.RangeSource // source, if it serves ranges
 	manifests puller.ManifestSource
 	metrics   *metrics.Puller
 	log       *slog.Logger
@@ -69,6 +91,9 @@ type Fetcher struct {
 	base   context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// rangeSlots bounds the range requests in flight.
+	rangeSlots chan struct{}
 
 	mu     sync.Mutex
 	active map[v1.Hash]*fetch
@@ -79,12 +104,13 @@ type Fetcher struct {
 // fetch is one blob being brought in. started is closed once the ingestion
 // exists (readers may open the partial blob) or the fetch failed to start,
 // with startErr written before; done once it finished, with err written
-// before.
+// before. The fields of the range machinery are in lazy.go.
 type fetch struct {
 	started  chan struct{}
 	startErr error
 	done     chan struct{}
 	err      error
+	ranged
 }
 
 // New returns a Fetcher. Close stops its fetches.
@@ -93,9 +119,10 @@ func New(cfg Config, st store.ContentStore, src puller.Source, manifests puller.
 		return nil, err
 	}
 	base, cancel := context.WithCancel(context.Background())
+	rs, _ := src.(puller.RangeSource)
 	return &Fetcher{
-		cfg: cfg, store: st, source: src, manifests: manifests, metrics: m, log: log,
-		base: base, cancel: cancel, active: map[v1.Hash]*fetch{},
+		cfg: cfg, store: st, source: src, ranges: rs, manifests: manifests, metrics: m, log: log,
+		base: base, cancel: cancel, active: map[v1.Hash]*fetch{}, rangeSlots: make(chan struct{}, cfg.RangeConcurrency),
 	}, nil
 }
 
@@ -112,6 +139,10 @@ func (f *Fetcher) Close() error {
 // fetcher's SourceName). The caller closes the blob. ctx bounds the wait for
 // the fetch to start and the reads of a partial blob, not the fetch itself.
 func (f *Fetcher) Open(ctx context.Context, repo name.Repository, dgst v1.Hash) (store.Blob, string, error) {
+	return f.open(ctx, repo, dgst, false)
+}
+
+func (f *Fetcher) open(ctx context.Context, repo name.Repository, dgst v1.Hash, lazy bool) (store.Blob, string, error) {
 	if b, err := f.store.Open(ctx, dgst); err == nil {
 		if b.Complete() {
 			f.metrics.CacheRequests.WithLabelValues("blob", "hit").Inc()
@@ -123,7 +154,7 @@ func (f *Fetcher) Open(ctx context.Context, repo name.Repository, dgst v1.Hash) 
 	}
 	f.metrics.CacheRequests.WithLabelValues("blob", "miss").Inc()
 
-	ft := f.start(repo, dgst)
+	ft := f.start(repo, dgst, lazy)
 	select {
 	case <-ft.started:
 	case <-ctx.Done():
@@ -146,6 +177,9 @@ func (f *Fetcher) Open(ctx context.Context, repo name.Repository, dgst v1.Hash) 
 	if b.Complete() {
 		return b, metrics.SourceCache, nil
 	}
+	if lazy {
+		b = &lazyBlob{Blob: b, f: f, dgst: dgst}
+	}
 	return b, f.cfg.SourceName, nil
 }
 
@@ -155,7 +189,7 @@ func (f *Fetcher) Ensure(ctx context.Context, repo name.Repository, dgst v1.Hash
 	if info, err := f.store.Stat(ctx, dgst); err == nil && info.Complete {
 		return true, nil
 	}
-	ft := f.start(repo, dgst)
+	ft := f.start(repo, dgst, false)
 	select {
 	case <-ft.done:
 		return false, ft.err
@@ -165,21 +199,28 @@ func (f *Fetcher) Ensure(ctx context.Context, repo name.Repository, dgst v1.Hash
 }
 
 // start returns the running fetch of dgst, starting one if there is none.
-func (f *Fetcher) start(repo name.Repository, dgst v1.Hash) *fetch {
+// A lazy fetch fills in at the background rate; a fetch for a whole-blob
+// reader (lazy false) at full speed, also when it joins a lazy one.
+func (f *Fetcher) start(repo name.Repository, dgst v1.Hash, lazy bool) *fetch {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if ft, ok := f.active[dgst]; ok {
+		if !lazy {
+			ft.unlimit()
+		}
 		return ft
 	}
 	ft := &fetch{started: make(chan struct{}), done: make(chan struct{})}
+	ft.init(f, repo, dgst, lazy)
 	f.active[dgst] = ft
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		defer ft.cancel(nil)
 		f.metrics.InFlight.Inc()
 		defer f.metrics.InFlight.Dec()
 		started := false
-		err := f.run(repo, dgst, func() { started = true; close(ft.started) })
+		err := f.run(ft, func() { started = true; close(ft.started) })
 		if err != nil {
 			f.metrics.UpstreamErrors.WithLabelValues(puller.ErrorKind(err)).Inc()
 		}
@@ -196,44 +237,39 @@ func (f *Fetcher) start(repo name.Repository, dgst v1.Hash) *fetch {
 	return ft
 }
 
-// run brings dgst into the store, calling started as soon as readers can open
-// the partial blob.
-func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error {
+// run brings the blob into the store, calling started as soon as readers can
+// open the partial blob. The fill streams the missing ranges in order while
+// range requests for readers (lazy.go) bring the ranges they wait for.
+func (f *Fetcher) run(ft *fetch, started func()) error {
+	repo, dgst := ft.repo, ft.dgst
 	log := f.log.With("digest", dgst.String(), "repo", repo.String())
 	begin := time.Now()
 
-	at := f.newAttempt()
-	ing, size, body, err := f.ingest(at.ctx, repo, dgst)
-	if errors.Is(err, store.ErrExists) {
+	// The first attempt's stream, if the source opened one, is the fill's
+	// first.
+	at := f.newAttempt(ft.ctx)
+	ing, size, body, err := f.ingest(at.ctx, repo, dgst, ft.lazy)
+	if body == nil {
 		at.end()
+	}
+	if errors.Is(err, store.ErrExists) {
 		return nil
 	}
 	if err != nil {
-		at.end()
 		return err // source and store errors name the blob already
 	}
+	ft.setIngestion(ing, size)
 	started()
-	log.Debug("fetch started", "offset", ing.Offset(), "size", size)
+	log.Debug("fetch started", "missing", ing.Missing(0, size), "size", size, "lazy", ft.lazy)
 
-	backoff := f.cfg.RetryBackoff
-	for attempt := 0; ; attempt++ {
-		err = f.stream(at, repo, dgst, ing, size, body)
-		at.end()
-		if err == nil {
-			break
-		}
-		if f.base.Err() != nil || attempt >= f.cfg.Retries ||
-			errors.Is(err, puller.ErrQuota) || errors.Is(err, puller.ErrSizeMismatch) || errors.Is(err, puller.ErrNotFound) {
-			ing.Abort(err, errors.Is(err, puller.ErrSizeMismatch))
-			return err
-		}
-		log.Warn("blob stream broke, resuming", "offset", ing.Offset(), "attempt", attempt+1, "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-f.base.Done():
-		}
-		backoff *= 2
-		at, body = f.newAttempt(), nil
+	err = f.fill(ft, at, body)
+	ft.stopRanges()
+	if err == nil {
+		err = ft.rangeErr()
+	}
+	if err != nil {
+		ing.Abort(err, errors.Is(err, puller.ErrSizeMismatch))
+		return err
 	}
 	if err := ing.Commit(f.base); err != nil {
 		log.Error("blob refused", "err", err)
@@ -247,6 +283,67 @@ func (f *Fetcher) run(repo name.Repository, dgst v1.Hash, started func()) error 
 	return nil
 }
 
+// fill streams the missing ranges of the blob into its ingestion, in order,
+// skipping those that range requests bring, until every byte is present.
+// body, if not nil, is the source's stream from offset 0, opened in attempt
+// first. A broken stream is resumed where it stopped, up to Retries times.
+func (f *Fetcher) fill(ft *fetch, first attempt, body io.ReadCloser) error {
+	defer func() {
+		if body != nil {
+			body.Close()
+			first.end()
+		}
+	}()
+	log := f.log.With("digest", ft.dgst.String(), "repo", ft.repo.String())
+	backoff := f.cfg.RetryBackoff
+	for failures := 0; ; {
+		hole, wait, err := ft.nextHole()
+		if err != nil {
+			return err
+		}
+		if body != nil && (wait != nil || hole.Start != 0) {
+			body.Close()
+			first.end()
+			body = nil
+		}
+		if wait != nil {
+			select {
+			case <-wait:
+				continue
+			case <-ft.ctx.Done():
+				return context.Cause(ft.ctx)
+			}
+		}
+		if hole.Len() == 0 {
+			return nil
+		}
+		at := first
+		if body == nil {
+			at = f.newAttempt(ft.ctx)
+		}
+		err = f.stream(ft, at, hole, body)
+		at.end()
+		body = nil
+		if err == nil {
+			continue
+		}
+		if ft.ctx.Err() != nil {
+			return context.Cause(ft.ctx)
+		}
+		if failures >= f.cfg.Retries || errors.Is(err, puller.ErrQuota) || errors.Is(err, puller.ErrSizeMismatch) || errors.Is(err, puller.ErrNotFound) {
+			return err
+		}
+		failures++
+		log.Warn("blob stream broke, resuming", "at", hole.Start, "attempt", failures, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ft.ctx.Done():
+			return context.Cause(ft.ctx)
+		}
+		backoff *= 2
+	}
+}
+
 // attempt is one stream from the source: its context is cancelled when the
 // stream delivers nothing for IdleTimeout.
 type attempt struct {
@@ -255,8 +352,8 @@ type attempt struct {
 	idle   *time.Timer
 }
 
-func (f *Fetcher) newAttempt() attempt {
-	ctx, cancel := context.WithCancelCause(f.base)
+func (f *Fetcher) newAttempt(parent context.Context) attempt {
+	ctx, cancel := context.WithCancelCause(parent)
 	idle := time.AfterFunc(f.cfg.IdleTimeout, func() {
 		cancel(fmt.Errorf("no byte for %s: %w", f.cfg.IdleTimeout, puller.ErrUnavailable))
 	})
@@ -268,79 +365,101 @@ func (a attempt) end() {
 	a.cancel(nil)
 }
 
-// noCounter discards counts.
-type noCounter struct{ prometheus.Counter }
-
-func (noCounter) Add(float64) {}
-
 // ingest opens the ingestion of dgst and returns it with the blob's size. A
-// partial blob from an earlier run is resumed (body is nil: stream opens the
-// source at the offset); otherwise the source's first answer gives the size
-// and its body is the first stream.
-func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash) (store.Ingestion, int64, io.ReadCloser, error) {
+// partial blob from an earlier run is resumed (body is nil: the fill opens
+// the source where bytes are missing). Otherwise a lazy fetch from a range
+// source asks for the size alone; any other gets it with the source's stream
+// from offset 0, returned as body.
+func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash, lazy bool) (store.Ingestion, int64, io.ReadCloser, error) {
 	if info, err := f.store.Stat(ctx, dgst); err == nil && !info.Complete && info.Size > 0 {
 		ing, err := f.store.Ingest(ctx, dgst, info.Size)
 		return ing, info.Size, nil, err
 	}
-	body, size, err := f.source.FetchBlob(ctx, repo, dgst, 0)
+	var body io.ReadCloser
+	var size int64
+	var err error
+	if lazy && f.ranges != nil {
+		size, err = f.ranges.BlobSize(ctx, repo, dgst)
+	} else {
+		body, size, err = f.source.FetchBlob(ctx, repo, dgst, 0)
+	}
 	if err != nil {
 		return nil, 0, nil, err
 	}
 	ing, err := f.store.Ingest(ctx, dgst, size)
 	if err != nil {
-		body.Close()
+		if body != nil {
+			body.Close()
+		}
 		return nil, 0, nil, err
 	}
-	if ing.Offset() != 0 {
-		// The store resumed bytes we did not know of; reopen at the offset.
+	if body != nil && ing.Offset() != 0 {
+		// The store resumed bytes we did not know of; the fill reopens.
 		body.Close()
 		body = nil
 	}
 	return ing, size, body, nil
 }
 
-// stream copies the blob into ing from ing's offset to the end, opening the
-// source at that offset when body is nil.
-func (f *Fetcher) stream(at attempt, repo name.Repository, dgst v1.Hash, ing store.Ingestion, size int64, body io.ReadCloser) error {
+// stream copies the hole's bytes into the ingestion, opening the source at
+// the hole's start when body is nil (a closed range from a range source).
+// It returns early, without error, where a range request for a reader took
+// over the next bytes or they are present already.
+//
+// At a bounded rate from a range source, it asks for one chunk at a time,
+// after the rate allows it, so the source sends no more than the rate;
+// otherwise the rate (if any) paces the reads of the stream.
+func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCloser) error {
+	paced := false
 	if body == nil {
-		var total int64
+		if ft.limiter.Limit() != rate.Inf && ft.rangesUsable() {
+			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
+			if err := ft.pace(at.ctx, int(hole.Len())); err != nil {
+				return err
+			}
+			at.idle.Reset(f.cfg.IdleTimeout)
+			paced = true
+		}
 		var err error
-		body, total, err = f.source.FetchBlob(at.ctx, repo, dgst, ing.Offset())
+		body, err = ft.open(at.ctx, hole)
 		if err != nil {
 			return err
 		}
-		if total != size {
-			body.Close()
-			return fmt.Errorf("blob %s: size was %d, source now says %d: %w", dgst, size, total, puller.ErrSizeMismatch)
-		}
 	}
 	defer body.Close()
-	var counter prometheus.Counter = noCounter{}
-	if f.cfg.CountBytes {
-		counter = f.metrics.FetchedBytes.WithLabelValues(f.cfg.SourceName)
-	}
-	buf := make([]byte, 256<<10)
-	for ing.Offset() < size {
-		n, err := body.Read(buf)
+	counters := ft.counters(false)
+	buf := make([]byte, fillBuffer)
+	for pos := hole.Start; pos < hole.End; {
+		n, err := body.Read(buf[:min(int64(len(buf)), hole.End-pos)])
 		if n > 0 {
 			at.idle.Reset(f.cfg.IdleTimeout)
-			if _, werr := ing.Write(buf[:n]); werr != nil {
+			for _, c := range counters {
+				c.Add(float64(n))
+			}
+			if !paced {
+				if werr := ft.pace(at.ctx, n); werr != nil {
+					return werr
+				}
+				at.idle.Reset(f.cfg.IdleTimeout)
+			}
+			more, werr := ft.write(buf[:n], pos)
+			if werr != nil {
 				return werr
 			}
-			counter.Add(float64(n))
+			pos += int64(n)
+			if !more {
+				return nil
+			}
 		}
-		if err == io.EOF {
-			break
+		if err == io.EOF && pos < hole.End {
+			return fmt.Errorf("blob %s: stream ended at %d of %d bytes: %w", ft.dgst, pos, ft.size, io.ErrUnexpectedEOF)
 		}
-		if err != nil {
+		if err != nil && err != io.EOF {
 			if cause := context.Cause(at.ctx); cause != nil {
 				return cause
 			}
 			return err
 		}
-	}
-	if ing.Offset() != size {
-		return fmt.Errorf("blob %s: stream ended at %d of %d bytes: %w", dgst, ing.Offset(), size, io.ErrUnexpectedEOF)
 	}
 	return nil
 }

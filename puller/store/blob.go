@@ -3,28 +3,31 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/thaw-dev/thaw/puller"
 )
 
-// stream is what the readers of a partial blob share with its ingestion: how
-// many bytes they may read, and a broadcast on every change. It outlives
-// ingestions: readers of a partial left on disk wait on it until a later
-// ingestion writes, and it stays valid for them after the commit.
+// stream is what the readers of a partial blob share with its ingestion:
+// which bytes are in the data file, and a broadcast on every change. It
+// outlives ingestions: readers of a partial left on disk wait on it until a
+// later ingestion writes, and it stays valid for them after the commit.
 type stream struct {
-	size    int64
-	written atomic.Int64 // bytes in the data file
-	visible atomic.Int64 // bytes readers may read: at most size-1 until done
-	done    atomic.Bool  // committed: all size bytes are readable
+	size int64
+	done atomic.Bool // committed: all size bytes are readable and verified
 
-	mu     sync.Mutex
-	wake   *wakeup
-	failed error // the partial is gone for good (deleted, discarded, refused)
+	mu      sync.Mutex
+	present ranges // bytes written to the data file (not yet durable nor verified)
+	wake    *wakeup
+	failed  error // the partial is gone for good (deleted, discarded, refused)
 	// interrupted is the error of the last ingestion that ended without a
 	// commit; reads of missing bytes fail with it until an ingestion resumes
 	// the partial, so no reader waits on a partial that nothing is writing.
@@ -40,52 +43,77 @@ type wakeup struct {
 	err   error
 }
 
-func newStream(size, written int64) *stream {
-	s := &stream{size: size, wake: &wakeup{ch: make(chan struct{})}}
-	s.written.Store(written)
-	s.visible.Store(withhold(written, size))
-	return s
+func newStream(size int64, present ranges) *stream {
+	return &stream{size: size, present: present, wake: &wakeup{ch: make(chan struct{})}}
 }
 
-// withhold is what readers may see of written bytes before the commit: all
-// but the last byte, so no reader ever holds a whole unverified blob.
-func withhold(written, size int64) int64 {
-	return max(min(written, size-1), 0)
-}
-
-// ready reports whether the first need bytes (need <= size) are readable.
-// Reaching the end needs the commit, even for an empty blob.
-func (s *stream) ready(need int64) bool {
-	if need < s.size {
-		return s.visible.Load() >= need
+// readyLocked reports whether [start, end) is readable. A read ending at the
+// blob's end with verified set needs the commit.
+func (s *stream) readyLocked(start, end int64, verified bool) bool {
+	if s.done.Load() {
+		return true
 	}
-	return s.done.Load()
+	if verified && end >= s.size {
+		return false
+	}
+	return s.present.contains(start, min(end, s.size))
 }
 
-// available is how many bytes are readable.
-func (s *stream) available() int64 {
+// runEnd is the end of the readable run of bytes starting at off; off when
+// the byte at off is missing. Before the commit, and with verified set, the
+// run stops short of the blob's last byte.
+func (s *stream) runEnd(off int64, verified bool) int64 {
 	if s.done.Load() {
 		return s.size
 	}
-	return s.visible.Load()
+	s.mu.Lock()
+	end := s.present.runEnd(off)
+	s.mu.Unlock()
+	if verified {
+		end = max(min(end, s.size-1), off)
+	}
+	return end
 }
 
-// advance records that the data file holds n bytes.
-func (s *stream) advance(n int64) {
-	s.mu.Lock()
-	s.written.Store(n)
-	if v := withhold(n, s.size); v > s.visible.Load() {
-		s.visible.Store(v)
-		s.broadcastLocked(nil)
+// presentBytes is how many bytes are in the data file.
+func (s *stream) presentBytes() int64 {
+	if s.done.Load() {
+		return s.size
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.present.total()
+}
+
+// snapshot returns a copy of the present ranges.
+func (s *stream) snapshot() ranges {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.present)
+}
+
+// missing returns the parts of [start, end) not in the data file.
+func (s *stream) missing(start, end int64) []Range {
+	if s.done.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.present.missing(start, end)
+}
+
+// add records that r is in the data file.
+func (s *stream) add(r Range) {
+	s.mu.Lock()
+	s.present.add(r)
+	s.broadcastLocked(nil)
 	s.mu.Unlock()
 }
 
 // commit releases every byte.
 func (s *stream) commit() {
 	s.mu.Lock()
-	s.written.Store(s.size)
-	s.visible.Store(s.size)
+	s.present = ranges{{0, s.size}}
 	s.done.Store(true)
 	s.broadcastLocked(nil)
 	s.mu.Unlock()
@@ -108,10 +136,15 @@ func (s *stream) resume() {
 }
 
 // fail ends the stream: every read of bytes not yet readable returns err.
+// When the bytes were refused (puller.ErrDigestMismatch), none is readable
+// any more: which of them are wrong is unknown.
 func (s *stream) fail(err error) {
 	s.mu.Lock()
 	if s.failed == nil {
 		s.failed = err
+	}
+	if errors.Is(err, puller.ErrDigestMismatch) {
+		s.present = nil
 	}
 	s.broadcastLocked(err)
 	s.mu.Unlock()
@@ -127,15 +160,15 @@ func (s *stream) broadcastLocked(err error) {
 	close(w.ch)
 }
 
-// wait blocks until the first need bytes are readable, the stream fails or
-// is interrupted, ctx is done or closed is closed.
-func (s *stream) wait(ctx context.Context, closed <-chan struct{}, need int64) error {
+// wait blocks until [start, end) is readable (see readyLocked), the stream
+// fails or is interrupted, ctx is done or closed is closed.
+func (s *stream) wait(ctx context.Context, closed <-chan struct{}, start, end int64, verified bool) error {
 	for {
-		if s.ready(need) {
+		if s.done.Load() {
 			return nil
 		}
 		s.mu.Lock()
-		if s.ready(need) {
+		if s.readyLocked(start, end, verified) {
 			s.mu.Unlock()
 			return nil
 		}
@@ -180,27 +213,34 @@ type blob struct {
 var _ Blob = (*blob)(nil)
 
 func (b *blob) ReadAt(p []byte, off int64) (int, error) {
-	if b.st != nil && off >= 0 {
-		need := b.size
-		if off < b.size && int64(len(p)) < b.size-off {
-			need = off + int64(len(p))
-		}
-		if err := b.wait(need); err != nil {
+	if b.st != nil && off >= 0 && off < b.size {
+		end := min(b.size, off+int64(len(p)))
+		// A read of the whole blob gets it verified or not at all.
+		if err := b.wait(off, end, off == 0 && end == b.size); err != nil {
 			return 0, err
 		}
 	}
 	return b.f.ReadAt(p, off)
 }
 
-func (b *blob) wait(need int64) error {
-	switch err := b.st.wait(b.ctx, b.closed, need); {
+func (b *blob) wait(start, end int64, verified bool) error {
+	switch err := b.st.wait(b.ctx, b.closed, start, end, verified); {
 	case err == nil:
 		return nil
 	case err == os.ErrClosed || err == b.ctx.Err():
-		return fmt.Errorf("blob %s: waiting for its first %d bytes: %w", b.dgst, need, err)
+		return fmt.Errorf("blob %s: waiting for bytes %d-%d: %w", b.dgst, start, end-1, err)
 	default:
 		return err // the ingestion's error, which names the blob
 	}
+}
+
+// Missing implements Blob.
+func (b *blob) Missing(start, end int64) []Range {
+	start, end = max(start, 0), min(end, b.size)
+	if b.st == nil || start >= end {
+		return nil
+	}
+	return b.st.missing(start, end)
 }
 
 func (b *blob) Size() int64 { return b.size }
@@ -229,7 +269,9 @@ func (b *blob) Close() error {
 	return err
 }
 
-// partialReader reads a partial blob sequentially, as it arrives.
+// partialReader reads a partial blob sequentially, as it arrives. It hands
+// out the blob's last byte only after the commit, so a reader that reads to
+// the end never receives a whole unverified blob.
 type partialReader struct {
 	b   *blob
 	off int64
@@ -243,10 +285,10 @@ func (r *partialReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if err := b.wait(r.off + 1); err != nil {
+	if err := b.wait(r.off, r.off+1, true); err != nil {
 		return 0, err
 	}
-	if avail := b.st.available() - r.off; int64(len(p)) > avail {
+	if avail := b.st.runEnd(r.off, true) - r.off; int64(len(p)) > avail {
 		p = p[:avail]
 	}
 	n, err := b.f.ReadAt(p, r.off)

@@ -10,11 +10,15 @@
 // Layout under the root:
 //
 //	blobs/sha256/<hex>          complete, verified blobs (read-only once renamed)
-//	ingest/sha256/<hex>/data    a partial blob: its first Offset() bytes
+//	ingest/sha256/<hex>/data    a partial blob: a sparse file, its bytes at their offsets
 //	ingest/sha256/<hex>/size    the announced total size, decimal
+//	ingest/sha256/<hex>/ranges  the byte ranges of data present, one "start-end" line each
 //	pins/sha256/<hex>           a pinned digest (empty file)
 //
-// A commit hashes the bytes, checks size and digest, fsyncs the data, renames
+// An ingestion writes ranges in any order; the ranges file is replaced (write,
+// fsync, rename) only after the data file was synced, so it never names a
+// byte a crash lost. A partial without a ranges file (written by an older
+// version) holds the first bytes of its data file. A commit hashes the bytes, checks size and digest, fsyncs the data, renames
 // it into blobs/ and fsyncs the directory, so a crash leaves either a partial
 // or a complete blob, never a wrong one. A complete blob's modification time
 // is its LastUsed, so the eviction order survives a restart. Files ending in

@@ -9,7 +9,9 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -17,8 +19,8 @@ import (
 	"github.com/thaw-dev/thaw/puller"
 )
 
-// Ingest implements Ingester. Resuming a partial blob hashes the bytes already
-// on disk before it returns; ctx bounds that.
+// Ingest implements Ingester. The bytes of a resumed partial blob are hashed
+// at the commit.
 func (s *Store) Ingest(ctx context.Context, dgst v1.Hash, size int64) (Ingestion, error) {
 	if err := checkDigest(dgst); err != nil {
 		return nil, err
@@ -35,13 +37,8 @@ func (s *Store) Ingest(ctx context.Context, dgst v1.Hash, size int64) (Ingestion
 	if err != nil {
 		return nil, err
 	}
-	if w.offset > 0 {
-		if err := w.hashPrefix(ctx); err != nil {
-			err = fmt.Errorf("ingest %s: hash the %d bytes present: %w", dgst, w.offset, err)
-			w.end(err, false)
-			return nil, err
-		}
-		s.log.Debug("resuming partial blob", "digest", dgst.String(), "offset", w.offset, "size", size)
+	if w.cursor > 0 {
+		s.log.Debug("resuming partial blob", "digest", dgst.String(), "offset", w.cursor, "present", w.st.presentBytes(), "size", size)
 	}
 	return w, nil
 }
@@ -80,12 +77,12 @@ func (s *Store) startLocked(dgst v1.Hash, size int64) (*ingestion, error) {
 		if err := s.createPartial(hex, size); err != nil {
 			return nil, fmt.Errorf("ingest %s: %w", dgst, diskFull(err))
 		}
-		e = &entry{dgst: dgst, size: size, lastUsed: s.now(), st: newStream(size, 0)}
+		e = &entry{dgst: dgst, size: size, lastUsed: s.now(), st: newStream(size, nil)}
 		s.entries[hex] = e
 		s.used += size
 	}
 
-	f, err := os.OpenFile(s.partialData(hex), os.O_RDWR|os.O_APPEND, 0)
+	f, err := os.OpenFile(s.partialData(hex), os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("ingest %s: %w", dgst, err)
 	}
@@ -102,15 +99,14 @@ func (s *Store) startLocked(dgst v1.Hash, size int64) (*ingestion, error) {
 		}
 		return nil, err
 	}
-	w := &ingestion{s: s, e: e, st: e.st, f: f, h: sha256.New(), dgst: dgst, size: size, offset: fi.Size()}
+	w := &ingestion{s: s, e: e, st: e.st, f: f, h: sha256.New(), dgst: dgst, size: size, cursor: e.st.runEnd(0, false)}
 	e.ing = w
 	e.st.resume()
-	e.st.advance(w.offset)
 	return w, nil
 }
 
-// createPartial creates ingest/sha256/<hex> with its size file and an empty
-// data file.
+// createPartial creates ingest/sha256/<hex> with its size file, an empty
+// data file and an empty ranges file.
 func (s *Store) createPartial(hex string, size int64) error {
 	dir := s.partialDir(hex)
 	err := os.MkdirAll(dir, 0o755)
@@ -128,6 +124,9 @@ func (s *Store) createPartial(hex string, size int64) error {
 			err = f.Close()
 		}
 	}
+	if err == nil {
+		err = writeRanges(s.partialRanges(hex), nil)
+	}
 	if err != nil {
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			s.log.Warn("cannot clean up partial blob", "path", dir, "err", rerr)
@@ -137,82 +136,208 @@ func (s *Store) createPartial(hex string, size int64) error {
 	return nil
 }
 
-// ingestion is the Ingestion of a Store. Its own fields belong to the one
-// goroutine using it; it shares the entry (under Store.mu) and the stream.
-type ingestion struct {
-	s      *Store
-	e      *entry
-	st     *stream
-	f      *os.File // data, opened for appending
-	h      hash.Hash
-	dgst   v1.Hash
-	size   int64
-	offset int64
+// persistBytes is how many bytes an ingestion writes between two updates of
+// the ranges file (each costs two fsyncs). A crash loses at most the record
+// of these bytes, which are then fetched again.
+const persistBytes = 8 << 20
 
-	ended  bool
-	broken error // the data file may not match offset: only Abort helps
+// ingestion is the Ingestion of a Store. It shares the entry (under Store.mu)
+// and the stream with readers.
+type ingestion struct {
+	s    *Store
+	e    *entry
+	st   *stream
+	dgst v1.Hash
+	size int64
+
+	// life: WriteAt holds it shared while it uses f; Commit and Abort hold it
+	// exclusively, so they wait for the writes in flight.
+	life  sync.RWMutex
+	f     *os.File // data, read-write; nil once ended
+	ended bool
+
+	mu       sync.Mutex
+	h        hash.Hash // the bytes [0, hashed)
+	hashed   int64
+	cursor   int64   // Write's offset
+	writing  []Range // being written by a WriteAt now
+	unsynced int64   // bytes written since the ranges file was updated
+
+	persistMu sync.Mutex // one ranges file update at a time
 }
 
 var _ Ingestion = (*ingestion)(nil)
 
-func (w *ingestion) Offset() int64 { return w.offset }
+func (w *ingestion) Offset() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cursor
+}
+
+func (w *ingestion) Missing(start, end int64) []Range {
+	start, end = max(start, 0), min(end, w.size)
+	if start >= end {
+		return nil
+	}
+	return w.st.missing(start, end)
+}
 
 func (w *ingestion) Write(p []byte) (int, error) {
+	off := w.Offset()
+	if int64(len(p)) > w.size-off {
+		return 0, fmt.Errorf("ingest %s: %d bytes at offset %d overrun the announced size %d: %w",
+			w.dgst, len(p), off, w.size, puller.ErrSizeMismatch)
+	}
+	n, err := w.WriteAt(p, off)
+	w.mu.Lock()
+	w.cursor = off + int64(n)
+	w.mu.Unlock()
+	return n, err
+}
+
+func (w *ingestion) WriteAt(p []byte, off int64) (int, error) {
+	w.life.RLock()
+	defer w.life.RUnlock()
 	if w.ended {
 		return 0, w.endedErr()
 	}
-	if w.broken != nil {
-		return 0, w.broken
+	end := off + int64(len(p))
+	if off < 0 || end > w.size || end < off {
+		return 0, fmt.Errorf("ingest %s: %d bytes at offset %d do not fit in the announced size %d: %w",
+			w.dgst, len(p), off, w.size, puller.ErrSizeMismatch)
 	}
-	if int64(len(p)) > w.size-w.offset {
-		return 0, fmt.Errorf("ingest %s: %d bytes at offset %d overrun the announced size %d: %w",
-			w.dgst, len(p), w.offset, w.size, puller.ErrSizeMismatch)
+	// Bytes present or being written stay as they are: every byte is
+	// written once, so the hash fed on the way is the hash of the file.
+	w.mu.Lock()
+	todo := Subtract(w.st.missing(off, end), w.writing)
+	w.writing = append(w.writing, todo...)
+	w.mu.Unlock()
+
+	var werr error
+	done := len(p)
+	for _, seg := range todo {
+		var n int
+		var err error
+		if werr == nil {
+			n, err = w.f.WriteAt(p[seg.Start-off:seg.End-off], seg.Start)
+		}
+		w.mu.Lock()
+		w.writing = slices.DeleteFunc(w.writing, func(r Range) bool { return r == seg })
+		if n > 0 && seg.Start == w.hashed {
+			w.h.Write(p[seg.Start-off : seg.Start-off+int64(n)])
+			w.hashed += int64(n)
+		}
+		w.unsynced += int64(n)
+		w.mu.Unlock()
+		if n > 0 {
+			// Bytes the kernel took are in the file: keep them, short write or not.
+			w.st.add(Range{seg.Start, seg.Start + int64(n)})
+		}
+		if err != nil {
+			done = int(seg.Start-off) + n
+			werr = fmt.Errorf("ingest %s: write at offset %d: %w", w.dgst, seg.Start+int64(n), diskFull(err))
+		}
 	}
-	n, err := w.f.Write(p)
-	if n > 0 {
-		// Bytes the kernel took are in the file: keep them, short write or not.
-		w.h.Write(p[:n])
-		w.offset += int64(n)
-		w.st.advance(w.offset)
+	if werr != nil {
+		return done, werr
 	}
-	if err != nil {
-		err = fmt.Errorf("ingest %s: write at offset %d: %w", w.dgst, w.offset, diskFull(err))
-		w.repair(err)
-		return n, err
+	w.mu.Lock()
+	persist := w.unsynced >= persistBytes
+	w.mu.Unlock()
+	if persist {
+		if err := w.persist(); err != nil {
+			w.s.log.Warn("cannot record the ranges of a partial blob; a restart fetches them again", "digest", w.dgst.String(), "err", err)
+		}
 	}
-	return n, nil
+	return len(p), nil
 }
 
-// repair cuts the data file back to offset if a failed write left more, so
-// that a resume (which trusts the file's length) hashes the right bytes.
-func (w *ingestion) repair(cause error) {
-	fi, err := w.f.Stat()
-	if err == nil && fi.Size() == w.offset {
-		return
+// Subtract returns the parts of rs (sorted and disjoint) that are in none of
+// busy (in any order), sorted.
+func Subtract(rs []Range, busy []Range) []Range {
+	for _, b := range busy {
+		var out []Range
+		for _, r := range rs {
+			if b.End <= r.Start || b.Start >= r.End {
+				out = append(out, r)
+				continue
+			}
+			if r.Start < b.Start {
+				out = append(out, Range{r.Start, b.Start})
+			}
+			if b.End < r.End {
+				out = append(out, Range{b.End, r.End})
+			}
+		}
+		rs = out
 	}
+	return rs
+}
+
+// persist makes the data durable, then records its present ranges, so the
+// ranges file never names a byte that a crash could lose. The caller holds
+// life (shared or not) so that f stays open.
+func (w *ingestion) persist() error {
+	w.persistMu.Lock()
+	defer w.persistMu.Unlock()
+	w.mu.Lock()
+	unsynced := w.unsynced
+	w.unsynced = 0
+	w.mu.Unlock()
+	present := w.st.snapshot()
+	err := w.f.Sync()
 	if err == nil {
-		err = w.f.Truncate(w.offset)
+		err = writeRanges(w.s.partialRanges(w.dgst.Hex), present)
 	}
 	if err != nil {
-		w.broken = fmt.Errorf("ingest %s: after %v, the data file could not be cut back to %d bytes (%w); abort the ingestion with discard",
-			w.dgst, cause, w.offset, err)
-		w.s.log.Error("partial blob left inconsistent", "digest", w.dgst.String(), "err", w.broken)
+		w.mu.Lock()
+		w.unsynced += unsynced
+		w.mu.Unlock()
+		return fmt.Errorf("record the ranges of partial blob %s: %w", w.dgst, diskFull(err))
 	}
+	return nil
+}
+
+// writeRanges replaces a ranges file durably.
+func writeRanges(path string, present ranges) error {
+	tmp := path + tmpSuffix
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(present.marshal())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 func (w *ingestion) Commit(ctx context.Context) error {
+	w.life.Lock()
+	defer w.life.Unlock()
 	if w.ended {
 		return w.endedErr()
-	}
-	if w.broken != nil {
-		return w.broken
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("commit %s: %w", w.dgst, err)
 	}
-	if w.offset != w.size {
-		err := fmt.Errorf("commit %s: %d of %d bytes written: %w", w.dgst, w.offset, w.size, puller.ErrSizeMismatch)
+	if present := w.st.presentBytes(); present != w.size {
+		err := fmt.Errorf("commit %s: %d of %d bytes written: %w", w.dgst, present, w.size, puller.ErrSizeMismatch)
 		w.end(err, true)
+		return err
+	}
+	if err := w.hashRest(ctx); err != nil {
+		err = fmt.Errorf("commit %s: hash the bytes: %w", w.dgst, err)
+		w.end(err, false)
 		return err
 	}
 	var sum [sha256.Size]byte
@@ -254,6 +379,34 @@ func (w *ingestion) Commit(ctx context.Context) error {
 	return nil
 }
 
+// hashRest feeds the bytes from hashed to the end, read back from the data
+// file, to the hash. Bytes are never rewritten once present, so this is the
+// hash of what the file holds.
+func (w *ingestion) hashRest(ctx context.Context) error {
+	if w.hashed == w.size {
+		return nil
+	}
+	buf := make([]byte, 1<<20)
+	r := io.NewSectionReader(w.f, w.hashed, w.size-w.hashed)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := r.Read(buf)
+		w.h.Write(buf[:n])
+		w.hashed += int64(n)
+		if errors.Is(err, io.EOF) {
+			if w.hashed != w.size {
+				return fmt.Errorf("data file ends at %d of %d bytes: %w", w.hashed, w.size, puller.ErrSizeMismatch)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // seal makes the verified data file read-only and durable, with now as its
 // modification time (its LastUsed after a restart), and closes it.
 func (w *ingestion) seal(now time.Time) error {
@@ -273,6 +426,8 @@ func (w *ingestion) seal(now time.Time) error {
 }
 
 func (w *ingestion) Abort(err error, discard bool) {
+	w.life.Lock()
+	defer w.life.Unlock()
 	if w.ended {
 		return
 	}
@@ -282,11 +437,17 @@ func (w *ingestion) Abort(err error, discard bool) {
 	w.end(err, discard)
 }
 
-// end closes the ingestion: the partial stays for a later resume, its waiting
-// readers getting why, or is removed with why for all its readers.
+// end closes the ingestion (the caller holds life): the partial stays for a
+// later resume, its ranges recorded and its waiting readers getting why, or
+// is removed with why for all its readers.
 func (w *ingestion) end(why error, discard bool) {
 	w.ended = true
 	if w.f != nil {
+		if !discard {
+			if err := w.persist(); err != nil {
+				w.s.log.Warn("cannot record the ranges of a partial blob; a restart fetches them again", "digest", w.dgst.String(), "err", err)
+			}
+		}
 		if err := w.f.Close(); err != nil {
 			w.s.log.Warn("closing partial blob", "digest", w.dgst.String(), "err", err)
 		}
@@ -305,25 +466,6 @@ func (w *ingestion) end(why error, discard bool) {
 		s.log.Error("cannot remove partial blob", "digest", w.dgst.String(), "err", err)
 	}
 	e.st.interrupt(why)
-}
-
-// hashPrefix feeds the bytes already present to the hash.
-func (w *ingestion) hashPrefix(ctx context.Context) error {
-	buf := make([]byte, 1<<20)
-	r := io.NewSectionReader(w.f, 0, w.offset)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := r.Read(buf)
-		w.h.Write(buf[:n])
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 func (w *ingestion) endedErr() error {

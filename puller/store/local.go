@@ -114,6 +114,9 @@ func (s *Store) partialDir(hex string) string {
 }
 func (s *Store) partialData(hex string) string { return filepath.Join(s.partialDir(hex), "data") }
 func (s *Store) partialSize(hex string) string { return filepath.Join(s.partialDir(hex), "size") }
+func (s *Store) partialRanges(hex string) string {
+	return filepath.Join(s.partialDir(hex), "ranges")
+}
 
 // load scans the layout. Reading directories and one lstat per blob keeps it
 // fast for tens of thousands of blobs; the content is not re-hashed, since
@@ -215,14 +218,53 @@ func (s *Store) loadPartial(hex string) error {
 	if !fi.Mode().IsRegular() || fi.Size() > size {
 		return s.removePartialDir(hex, fmt.Sprintf("data is %d bytes, more than the size %d", fi.Size(), size))
 	}
+	present, err := s.loadRanges(hex, size, fi.Size())
+	if err != nil {
+		return s.removePartialDir(hex, err.Error())
+	}
 	s.entries[hex] = &entry{
 		dgst:     v1.Hash{Algorithm: algorithm, Hex: hex},
 		size:     size,
 		lastUsed: fi.ModTime(),
-		st:       newStream(size, fi.Size()),
+		st:       newStream(size, present),
 	}
 	s.used += size
 	return nil
+}
+
+// loadRanges reads which bytes of a partial blob are present. A partial
+// written before ranges files existed holds its first dataLen bytes; it gets
+// a ranges file now, so that later writes anywhere cannot be mistaken for
+// that prefix. Ranges past the data file's end (which the write order rules
+// out) are dropped.
+func (s *Store) loadRanges(hex string, size, dataLen int64) (ranges, error) {
+	path := s.partialRanges(hex)
+	s.removeLeftover(path + tmpSuffix)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		var present ranges
+		present.add(Range{0, dataLen})
+		if err := writeRanges(path, present); err != nil {
+			return nil, fmt.Errorf("record the ranges of a partial blob: %w", err)
+		}
+		return present, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ranges file: %w", err)
+	}
+	present, err := parseRanges(raw, size)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(present); n > 0 && present[n-1].End > dataLen {
+		s.log.Warn("partial blob records bytes past its data file's end; forgetting them", "digest", hex, "data", dataLen)
+		var clipped ranges
+		for _, r := range present {
+			clipped.add(Range{r.Start, min(r.End, dataLen)})
+		}
+		present = clipped
+	}
+	return present, nil
 }
 
 func (s *Store) removePartialDir(hex, why string) error {
@@ -360,7 +402,7 @@ func (s *Store) List(ctx context.Context) ([]Info, error) {
 func (s *Store) infoLocked(e *entry) Info {
 	present := e.size
 	if !e.complete {
-		present = e.st.written.Load()
+		present = e.st.presentBytes()
 	}
 	_, pinned := s.pins[e.dgst.Hex]
 	return Info{

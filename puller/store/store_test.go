@@ -541,3 +541,120 @@ func TestOnRemove(t *testing.T) {
 		t.Fatalf("removed = %v, want [%s %s]", removed, da, db)
 	}
 }
+
+// TestSparseResume: the ranges of a sparse partial survive a restart, and
+// the resumed ingestion writes only the gaps.
+func TestSparseResume(t *testing.T) {
+	root := t.TempDir()
+	ctx := t.Context()
+	s := newStore(t, root)
+	data, dgst := storetest.Random(40, 100000)
+	ing, err := s.Ingest(ctx, dgst, 100000)
+	if err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	for _, r := range []store.Range{{Start: 90000, End: 100000}, {Start: 0, End: 20000}, {Start: 50000, End: 60000}} {
+		if _, err := ing.WriteAt(data[r.Start:r.End], r.Start); err != nil {
+			t.Fatalf("WriteAt: %v", err)
+		}
+	}
+	ing.Abort(nil, false)
+
+	s = newStore(t, root)
+	info, err := s.Stat(ctx, dgst)
+	if err != nil || info.Present != 40000 || info.Complete {
+		t.Fatalf("Stat after restart = %+v, %v; want 40000 bytes present", info, err)
+	}
+	b, err := s.Open(ctx, dgst)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	p := make([]byte, 10000)
+	if _, err := b.ReadAt(p, 90000); err != nil || !bytes.Equal(p, data[90000:]) {
+		t.Fatalf("ReadAt(tail) after restart: %v", err)
+	}
+	ing, err = s.Ingest(ctx, dgst, 100000)
+	if err != nil {
+		t.Fatalf("Ingest after restart: %v", err)
+	}
+	want := []store.Range{{Start: 20000, End: 50000}, {Start: 60000, End: 90000}}
+	got := ing.Missing(0, 100000)
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("Missing after restart = %v, want %v", got, want)
+	}
+	if ing.Offset() != 20000 {
+		t.Errorf("Offset after restart = %d, want 20000", ing.Offset())
+	}
+	for _, r := range got {
+		if _, err := ing.WriteAt(data[r.Start:r.End], r.Start); err != nil {
+			t.Fatalf("WriteAt: %v", err)
+		}
+	}
+	if err := ing.Commit(ctx); err != nil {
+		t.Fatalf("Commit after resume: %v", err)
+	}
+	storetest.ReadAll(t, b)
+}
+
+// TestRangesFileOnDisk covers what a restart makes of the ranges file: one
+// that does not parse drops the partial; a partial from before ranges files
+// (none) holds its data file's bytes; records past the data file's end
+// are forgotten.
+func TestRangesFileOnDisk(t *testing.T) {
+	tests := []struct {
+		name    string
+		ranges  *string // nil: no ranges file
+		data    int     // bytes in the data file
+		present int64   // -1: the partial is removed
+	}{
+		{"garbage", ptr("0-10\nhello\n"), 100, -1},
+		{"past the size", ptr("0-2000\n"), 100, -1},
+		{"unsorted", ptr("50-60\n0-10\n"), 100, -1},
+		{"legacy prefix", nil, 300, 300},
+		{"past the data", ptr("0-10\n200-400\n"), 300, 110},
+		{"good", ptr("0-10\n20-30\n"), 100, 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			data, dgst := storetest.Random(41, 1000)
+			dir := filepath.Join(root, "ingest", "sha256", dgst.Hex)
+			must(t, os.MkdirAll(dir, 0o755))
+			must(t, os.WriteFile(filepath.Join(dir, "size"), []byte("1000"), 0o644))
+			must(t, os.WriteFile(filepath.Join(dir, "data"), data[:tt.data], 0o644))
+			if tt.ranges != nil {
+				must(t, os.WriteFile(filepath.Join(dir, "ranges"), []byte(*tt.ranges), 0o644))
+			}
+			s := newStore(t, root)
+			info, err := s.Stat(t.Context(), dgst)
+			if tt.present < 0 {
+				if err == nil {
+					t.Fatalf("Stat = %+v; want the partial removed", info)
+				}
+				if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("partial directory: %v, want removed", err)
+				}
+				return
+			}
+			if err != nil || info.Present != tt.present {
+				t.Fatalf("Stat = %+v, %v; want %d bytes present", info, err, tt.present)
+			}
+			if tt.ranges == nil {
+				raw, err := os.ReadFile(filepath.Join(dir, "ranges"))
+				if err != nil || string(raw) != "0-300\n" {
+					t.Errorf("ranges file written for a legacy partial = %q, %v; want 0-300", raw, err)
+				}
+			}
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

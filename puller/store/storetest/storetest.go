@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +93,13 @@ func Run(t *testing.T, newStore NewStore) {
 		{"StreamingReadAt", testStreamingReadAt},
 		{"StreamingReadSeeker", testStreamingReadSeeker},
 		{"LastByteWithheld", testLastByteWithheld},
+		{"SparseWriteAt", testSparseWriteAt},
+		{"SparseGapCommit", testSparseGapCommit},
+		{"SparseMismatch", testSparseMismatch},
+		{"WriteAtKeepsPresent", testWriteAtKeepsPresent},
+		{"WriteAtBounds", testWriteAtBounds},
+		{"ConcurrentWriteAt", testConcurrentWriteAt},
+		{"SparseReadSeeker", testSparseReadSeeker},
 		{"WaitingReaderGetsMismatch", testWaitingReaderGetsMismatch},
 		{"WaitingReaderGetsAbortError", testWaitingReaderGetsAbortError},
 		{"WaitingReaderContextDone", testWaitingReaderContextDone},
@@ -542,26 +551,300 @@ func testLastByteWithheld(t *testing.T, newStore NewStore) {
 			t.Fatalf("Open: %v", err)
 		}
 		defer b.Close()
-		mustWrite(t, ing, data)
-		p := make([]byte, 999)
-		if n, err := b.ReadAt(p, 0); n != 999 || err != nil {
-			t.Fatalf("ReadAt(all but the last byte) = %d, %v", n, err)
+		type result struct {
+			data []byte
+			err  error
 		}
-		last := make([]byte, 1)
-		res := readAsync(b, last, 999)
+		seq := make(chan result, 1)
+		go func() {
+			got, err := io.ReadAll(b.ReadSeeker())
+			seq <- result{got, err}
+		}()
 		all := make([]byte, 1000)
 		resAll := readAsync(b, all, 0)
+		mustWrite(t, ing, data)
+		// A range read gets the last byte before the commit (lazy readers
+		// need a blob's end first); a read of the whole blob, or a
+		// sequential reader reaching the end, waits for the verification.
+		last := make([]byte, 1)
+		if n, err := b.ReadAt(last, 999); n != 1 || err != nil || last[0] != data[999] {
+			t.Fatalf("ReadAt(last byte) once written = %d, %v", n, err)
+		}
 		synctest.Wait()
-		checkBlocked(t, res, "ReadAt(last byte) before commit")
 		checkBlocked(t, resAll, "ReadAt(all) before commit")
+		select {
+		case r := <-seq:
+			t.Fatalf("ReadSeeker read to the end (%d bytes, %v) before the commit", len(r.data), r.err)
+		default:
+		}
 		if err := ing.Commit(ctx); err != nil {
 			t.Fatalf("Commit: %v", err)
 		}
-		if r := <-res; r.n != 1 || r.err != nil && r.err != io.EOF || last[0] != data[999] {
-			t.Errorf("ReadAt(last byte) after commit = %d, %v", r.n, r.err)
-		}
 		if r := <-resAll; r.n != 1000 || r.err != nil && r.err != io.EOF || !bytes.Equal(all, data) {
 			t.Errorf("ReadAt(all) after commit = %d, %v", r.n, r.err)
+		}
+		if r := <-seq; r.err != nil || !bytes.Equal(r.data, data) {
+			t.Errorf("ReadSeeker after commit = %d bytes, %v", len(r.data), r.err)
+		}
+	})
+}
+
+// testSparseWriteAt writes a blob end first: each range is readable once
+// written, reads of a gap wait for it alone, Missing tracks the gaps, and
+// the commit verifies the whole.
+func testSparseWriteAt(t *testing.T, newStore NewStore) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newStore(t, 0)
+		ctx := t.Context()
+		data, dgst := Random(30, 10000)
+		ing := mustIngest(t, s, dgst, 10000)
+		defer ing.Abort(nil, true)
+		b, err := s.Open(ctx, dgst)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer b.Close()
+		mid := make([]byte, 100)
+		resMid := readAsync(b, mid, 4000)
+		mustWriteAt(t, ing, data[9000:], 9000)
+		tail := make([]byte, 1000)
+		if n, err := b.ReadAt(tail, 9000); n != 1000 || err != nil && err != io.EOF || !bytes.Equal(tail, data[9000:]) {
+			t.Fatalf("ReadAt(written tail) = %d, %v", n, err)
+		}
+		want := []store.Range{{Start: 0, End: 9000}}
+		if got := b.Missing(0, 10000); !slices.Equal(got, want) {
+			t.Fatalf("Missing after writing the tail = %v, want %v", got, want)
+		}
+		mustWriteAt(t, ing, data[4050:4100], 4050)
+		synctest.Wait()
+		checkBlocked(t, resMid, "ReadAt(4000..4100) with 4050..4100 written")
+		mustWriteAt(t, ing, data[3000:4050], 3000)
+		if r := <-resMid; r.n != 100 || r.err != nil || !bytes.Equal(mid, data[4000:4100]) {
+			t.Fatalf("ReadAt(4000..4100) = %d, %v", r.n, r.err)
+		}
+		want = []store.Range{{Start: 0, End: 3000}, {Start: 4100, End: 9000}}
+		if got := ing.Missing(0, 10000); !slices.Equal(got, want) {
+			t.Fatalf("Ingestion.Missing = %v, want %v", got, want)
+		}
+		if got := ing.Missing(5000, 20000); !slices.Equal(got, []store.Range{{Start: 5000, End: 9000}}) {
+			t.Fatalf("Missing(5000, 20000) = %v, want [5000, 9000)", got)
+		}
+		if ing.Offset() != 0 {
+			t.Fatalf("Offset with byte 0 missing = %d, want 0", ing.Offset())
+		}
+		if info, err := s.Stat(ctx, dgst); err != nil || info.Present != 2100 || info.Complete {
+			t.Fatalf("Stat = %+v, %v; want 2100 bytes present", info, err)
+		}
+		// A commit with gaps is refused and discards the partial.
+		mustWriteAt(t, ing, data[:3000], 0)
+		mustWriteAt(t, ing, data[4100:9000], 4100)
+		if got := ing.Missing(0, 10000); got != nil {
+			t.Fatalf("Missing once all is written = %v", got)
+		}
+		if err := ing.Commit(ctx); err != nil {
+			t.Fatalf("Commit: %v", err)
+		}
+		checkContent(t, s, dgst, data)
+		if got := b.Missing(0, 10000); got != nil {
+			t.Errorf("Missing of the partial Blob after the commit = %v", got)
+		}
+	})
+}
+
+// testSparseGapCommit: a commit with bytes missing is refused.
+func testSparseGapCommit(t *testing.T, newStore NewStore) {
+	s := newStore(t, 0)
+	data, dgst := Random(31, 1000)
+	ing := mustIngest(t, s, dgst, 1000)
+	mustWriteAt(t, ing, data[500:], 500)
+	if err := ing.Commit(t.Context()); !errors.Is(err, puller.ErrSizeMismatch) {
+		t.Fatalf("Commit with 0..500 missing = %v, want ErrSizeMismatch", err)
+	}
+	checkGone(t, s, dgst)
+}
+
+// testSparseMismatch: one wrong byte in a range written out of order is
+// found by the commit; the partial is gone and every reader, also of the
+// bytes it read before, gets ErrDigestMismatch.
+func testSparseMismatch(t *testing.T, newStore NewStore) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newStore(t, 0)
+		ctx := t.Context()
+		data, dgst := Random(32, 5000)
+		bad := bytes.Clone(data)
+		bad[4321] ^= 1
+		ing := mustIngest(t, s, dgst, 5000)
+		b, err := s.Open(ctx, dgst)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer b.Close()
+		resAll := readAsync(b, make([]byte, 5000), 0)
+		mustWriteAt(t, ing, bad[4000:], 4000)
+		mustWrite(t, ing, bad[:4000])
+		synctest.Wait()
+		checkBlocked(t, resAll, "ReadAt(all) before commit")
+		if err := ing.Commit(ctx); !errors.Is(err, puller.ErrDigestMismatch) {
+			t.Fatalf("Commit = %v, want ErrDigestMismatch", err)
+		}
+		if r := <-resAll; !errors.Is(r.err, puller.ErrDigestMismatch) {
+			t.Errorf("waiting ReadAt(all) = %d, %v; want ErrDigestMismatch", r.n, r.err)
+		}
+		if _, err := b.ReadAt(make([]byte, 10), 4320); !errors.Is(err, puller.ErrDigestMismatch) {
+			t.Errorf("ReadAt(written range) after the refusal = %v; want ErrDigestMismatch", err)
+		}
+		checkGone(t, s, dgst)
+	})
+}
+
+// testWriteAtKeepsPresent: bytes once written are not replaced, so what the
+// commit hashes is what readers read.
+func testWriteAtKeepsPresent(t *testing.T, newStore NewStore) {
+	s := newStore(t, 0)
+	data, dgst := Random(33, 3000)
+	other, _ := Random(34, 3000)
+	ing := mustIngest(t, s, dgst, 3000)
+	mustWriteAt(t, ing, data[1000:2000], 1000)
+	// Overlapping the written range with other bytes changes only the gaps.
+	mix := bytes.Clone(data)
+	copy(mix[500:1000], other[500:1000])
+	mustWriteAt(t, ing, append(bytes.Clone(mix[500:1000]), other[1000:2500]...), 500)
+	copy(mix[2000:2500], other[2000:2500])
+	b, err := s.Open(t.Context(), dgst)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	p := make([]byte, 2000)
+	if n, err := b.ReadAt(p, 500); n != 2000 || err != nil || !bytes.Equal(p, mix[500:2500]) {
+		t.Fatalf("ReadAt(500..2500) = %d, %v; want the first bytes written at each place", n, err)
+	}
+	// The right bytes offered later do not replace the wrong ones: the
+	// commit refuses the blob.
+	mustWriteAt(t, ing, data, 0)
+	if err := ing.Commit(t.Context()); !errors.Is(err, puller.ErrDigestMismatch) {
+		t.Fatalf("Commit with wrong bytes in 500..1000 = %v, want ErrDigestMismatch", err)
+	}
+	// Conversely, wrong bytes offered for a range already written change
+	// nothing: the blob verifies.
+	ing = mustIngest(t, s, dgst, 3000)
+	mustWriteAt(t, ing, data[:2000], 0)
+	mustWriteAt(t, ing, other[:2000], 0)
+	mustWriteAt(t, ing, data[2000:], 2000)
+	if err := ing.Commit(t.Context()); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	checkContent(t, s, dgst, data)
+}
+
+func testWriteAtBounds(t *testing.T, newStore NewStore) {
+	s := newStore(t, 0)
+	data, dgst := Random(35, 1000)
+	ing := mustIngest(t, s, dgst, 1000)
+	defer ing.Abort(nil, true)
+	for _, tc := range []struct {
+		off int64
+		n   int
+	}{{-1, 10}, {995, 10}, {1000, 1}, {1 << 62, 1}} {
+		if n, err := ing.WriteAt(make([]byte, tc.n), tc.off); n != 0 || !errors.Is(err, puller.ErrSizeMismatch) {
+			t.Errorf("WriteAt(%d bytes at %d) = %d, %v; want ErrSizeMismatch", tc.n, tc.off, n, err)
+		}
+	}
+	if got := ing.Missing(0, 1000); !slices.Equal(got, []store.Range{{Start: 0, End: 1000}}) {
+		t.Errorf("Missing after refused writes = %v, want all", got)
+	}
+	mustWriteAt(t, ing, data[:0], 1000) // empty at the end: fine
+}
+
+// testConcurrentWriteAt: goroutines write overlapping chunks of one blob in
+// any order while readers read ranges; the blob commits verified.
+func testConcurrentWriteAt(t *testing.T, newStore NewStore) {
+	s := newStore(t, 0)
+	ctx := t.Context()
+	const size = 1 << 20
+	data, dgst := Random(36, size)
+	ing := mustIngest(t, s, dgst, size)
+	b, err := s.Open(ctx, dgst)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 16 {
+				chunk := (g*5 + i*3) % 16
+				off := int64(chunk) * size / 16
+				end := min(off+size/16+1000, size)
+				if n, err := ing.WriteAt(data[off:end], off); err != nil || n != int(end-off) {
+					errs <- fmt.Errorf("WriteAt(%d..%d) = %d, %v", off, end, n, err)
+				}
+			}
+		})
+		wg.Go(func() {
+			p := make([]byte, 4096)
+			off := int64(g) * size / 8
+			if _, err := b.ReadAt(p, off); err != nil {
+				errs <- fmt.Errorf("ReadAt(%d): %v", off, err)
+			} else if !bytes.Equal(p, data[off:off+4096]) {
+				errs <- fmt.Errorf("ReadAt(%d) read other bytes", off)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := ing.Commit(ctx); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	checkContent(t, s, dgst, data)
+}
+
+// testSparseReadSeeker: a sequential reader goes through the bytes present
+// and waits at a gap.
+func testSparseReadSeeker(t *testing.T, newStore NewStore) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newStore(t, 0)
+		ctx := t.Context()
+		data, dgst := Random(37, 1000)
+		ing := mustIngest(t, s, dgst, 1000)
+		defer ing.Abort(nil, true)
+		mustWriteAt(t, ing, data[:300], 0)
+		mustWriteAt(t, ing, data[600:], 600)
+		b, err := s.Open(ctx, dgst)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer b.Close()
+		rs := b.ReadSeeker()
+		p := make([]byte, 1000)
+		if n, err := rs.Read(p); n != 300 || err != nil || !bytes.Equal(p[:n], data[:300]) {
+			t.Fatalf("Read at 0 = %d, %v; want the 300 bytes before the gap", n, err)
+		}
+		if _, err := rs.Seek(600, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := rs.Read(p); n != 399 || err != nil || !bytes.Equal(p[:n], data[600:999]) {
+			t.Fatalf("Read at 600 = %d, %v; want 399 bytes, the last one withheld", n, err)
+		}
+		rs.Seek(300, io.SeekStart)
+		done := make(chan int, 1)
+		go func() {
+			n, _ := rs.Read(p)
+			done <- n
+		}()
+		synctest.Wait()
+		select {
+		case n := <-done:
+			t.Fatalf("Read in the gap returned %d bytes", n)
+		default:
+		}
+		mustWriteAt(t, ing, data[300:600], 300)
+		if n := <-done; n != 699 {
+			t.Errorf("Read in the gap once written = %d bytes, want 699 (up to the withheld last byte)", n)
 		}
 	})
 }
@@ -986,6 +1269,13 @@ func mustIngest(t *testing.T, s store.Ingester, dgst v1.Hash, size int64) store.
 		t.Fatalf("Ingest(%s, %d): %v", dgst, size, err)
 	}
 	return ing
+}
+
+func mustWriteAt(t *testing.T, ing store.Ingestion, p []byte, off int64) {
+	t.Helper()
+	if n, err := ing.WriteAt(p, off); n != len(p) || err != nil {
+		t.Fatalf("WriteAt(%d bytes at %d) = %d, %v", len(p), off, n, err)
+	}
 }
 
 func mustWrite(t *testing.T, ing store.Ingestion, p []byte) {
