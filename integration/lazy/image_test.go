@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -156,49 +158,17 @@ func imageSize(t *testing.T, ref string) int64 {
 	return n
 }
 
-// startupFiles runs the workload here, on the host, and lists the files it
-// had open or mapped and the modules it imported: what --record would find
-// by watching the workload in a container. Paths are the same in the image.
-func (p pyImage) startupFiles(t *testing.T) []string {
-	t.Helper()
-	script := p.script + `
-import sys, os
-seen = [sys.executable]
-for line in open("/proc/self/maps"):
-    f = line.split()
-    if len(f) >= 6 and f[5].startswith("/"):
-        seen.append(f[5])
-for m in list(sys.modules.values()):
-    for a in ("__file__", "__cached__"):
-        v = getattr(m, a, None)
-        if isinstance(v, str) and os.path.exists(v):
-            seen.append(os.path.abspath(v))
-out, done = [], set()
-for s in seen:
-    if s not in done:
-        done.add(s); out.append(s)
-print("\n".join(out), file=sys.stderr)
-`
-	cmd := exec.Command(p.python, "-c", script)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("record start-up files: %v\n%s", err, stderr.String())
-	}
-	return strings.Fields(stderr.String())
-}
+// recordedLine is what `thaw convert --record` prints about the files it
+// recorded.
+var recordedLine = regexp.MustCompile(`recorded (\d+) start-up files`)
 
-// convert runs `thaw convert` from plain to esgz with the prioritized files.
-func convert(t *testing.T, plain, esgz string, prioritize []string) (string, time.Duration) {
+// convert runs `thaw convert --record` from plain to esgz: the workload runs
+// once in the containerd at sock, and the files it opens until its ready
+// line go first. It returns the output, the number of recorded files and
+// the time the command took.
+func convert(t *testing.T, plain, esgz, sock string) (string, int, time.Duration) {
 	t.Helper()
-	args := []string{"convert", plain, esgz, "--insecure"}
-	if len(prioritize) > 0 {
-		list := filepath.Join(t.TempDir(), "startup.txt")
-		if err := os.WriteFile(list, []byte(strings.Join(prioritize, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--prioritize-from", list)
-	}
+	args := []string{"convert", plain, esgz, "--insecure", "--record", "--containerd", sock, "--ready", readyLine}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -206,7 +176,13 @@ func convert(t *testing.T, plain, esgz string, prioritize []string) (string, tim
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out, time.Since(start)
+	took := time.Since(start)
+	m := recordedLine.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("thaw convert --record did not say what it recorded:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return out, n, took
 }
 
 // fileLayer is a layer of the given host files, each at its real path

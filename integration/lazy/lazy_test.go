@@ -35,7 +35,15 @@ func newFixture(t *testing.T) *fixture {
 	img := smallPython()
 	f.plain, f.esgz = f.reg+"/py:plain", f.reg+"/py:esgz"
 	f.plainSize = img.push(t, f.plain)
-	f.convertLines, _ = convert(t, f.plain, f.esgz, img.startupFiles(t))
+	// The workload is recorded in a containerd of its own.
+	recorder := startContainerd(t, filepath.Join(shortDir(t), "none.sock"))
+	var recorded int
+	f.convertLines, recorded, _ = convert(t, f.plain, f.esgz, recorder.sock)
+	// The interpreter, its libraries and the modules the script imports.
+	if recorded < 20 {
+		t.Fatalf("thaw convert --record recorded %d files, want the interpreter, its libraries and modules (20 or more):\n%s", recorded, f.convertLines)
+	}
+	recorder.proc.Stop(t)
 	f.esgzSize = imageSize(t, f.esgz)
 	t.Logf("image: %d bytes plain, %d as eStargz; %s", f.plainSize, f.esgzSize, strings.TrimSpace(f.convertLines))
 	return f
