@@ -95,7 +95,7 @@ func Files(ctx context.Context, ref string, cfg Config) ([]string, error) {
 	}
 	defer w.close()
 
-	container, err := client.NewContainer(ctx, id, containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithRootFSPath(rootfs)))
+	container, err := client.NewContainer(ctx, id, containerd.WithNewSpec(oci.WithRootFSPath(rootfs), oci.WithImageConfig(img)))
 	if err != nil {
 		return nil, fmt.Errorf("create the container: %w", err)
 	}
