@@ -13,11 +13,9 @@ import (
 	"unsafe"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/opencontainers/image-spec/identity"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,9 +39,9 @@ type Config struct {
 
 // Files pulls ref into containerd, runs its entrypoint once in a container
 // and returns the files the workload opened or executed, as absolute paths
-// inside the image, in the order of their first opening. The rootfs is an
-// overlay this process mounts and watches with fanotify (FAN_MARK_FILESYSTEM,
-// so opens through runc's bind of it are seen); it needs root.
+// inside the image, in the order of their first opening. The container's
+// rootfs is watched with fanotify (FAN_MARK_FILESYSTEM on its overlay); it
+// needs root.
 func Files(ctx context.Context, ref string, cfg Config) ([]string, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = "thaw-record"
@@ -67,39 +65,14 @@ func Files(ctx context.Context, ref string, cfg Config) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	diffIDs, err := img.RootFS(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
-	}
 	id := fmt.Sprintf("thaw-record-%d", time.Now().UnixNano())
-	sn := client.SnapshotService(snapshotter)
-	mounts, err := sn.Prepare(ctx, id, identity.ChainID(diffIDs).String())
-	if err != nil {
-		return nil, fmt.Errorf("prepare the rootfs: %w", err)
-	}
-	defer sn.Remove(context.WithoutCancel(ctx), id)
-
-	rootfs, err := os.MkdirTemp("", "thaw-record-rootfs-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(rootfs)
-	if err := mount.All(mounts, rootfs); err != nil {
-		return nil, fmt.Errorf("mount the rootfs: %w", err)
-	}
-	defer mount.UnmountAll(rootfs, unix.MNT_DETACH)
-
-	w, err := watch(rootfs)
-	if err != nil {
-		return nil, err
-	}
-	defer w.close()
-
-	container, err := client.NewContainer(ctx, id, containerd.WithNewSpec(oci.WithRootFSPath(rootfs), oci.WithImageConfig(img)))
+	container, err := client.NewContainer(ctx, id,
+		containerd.WithSnapshotter(snapshotter), containerd.WithNewSnapshot(id, img),
+		containerd.WithNewSpec(oci.WithImageConfig(img)))
 	if err != nil {
 		return nil, fmt.Errorf("create the container: %w", err)
 	}
-	defer container.Delete(context.WithoutCancel(ctx))
+	defer container.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
 
 	out := newReadyWriter(cfg.Ready)
 	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, out, out)))
@@ -107,6 +80,14 @@ func Files(ctx context.Context, ref string, cfg Config) ([]string, error) {
 		return nil, fmt.Errorf("create the task: %w", err)
 	}
 	defer task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+	// The task is created, not started: its rootfs is mounted in its own
+	// mount namespace, reachable through its init's /proc root. Marking
+	// that file system sees every open the workload makes, and only those.
+	w, err := watch(fmt.Sprintf("/proc/%d/root", task.Pid()))
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
 	exited, err := task.Wait(ctx)
 	if err != nil {
 		return nil, err
@@ -126,13 +107,9 @@ func Files(ctx context.Context, ref string, cfg Config) ([]string, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	files := w.stop()
 	var rel []string
-	for _, f := range files {
-		if r, ok := strings.CutPrefix(f, rootfs); ok {
-			f = r
-		}
-		if strings.HasPrefix(f, "/") {
+	for _, f := range w.stop() {
+		if strings.HasPrefix(f, "/") && !strings.HasPrefix(f, "/proc/") {
 			rel = append(rel, f)
 		}
 	}
