@@ -131,7 +131,6 @@ func (s *Service) start(ctx context.Context) error {
 	return nil
 }
 
-
 // Socket is the path containerd dials.
 func (s *Service) Socket() string { return s.cfg.Socket }
 
