@@ -11,6 +11,7 @@ import (
 
 	"github.com/thaw-dev/thaw/p2p/swarm"
 	"github.com/thaw-dev/thaw/puller/catalog"
+	"github.com/thaw-dev/thaw/puller/fetch"
 )
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
@@ -20,6 +21,7 @@ func newDaemonCmd(g *globalOptions) *cobra.Command {
 		quota      byteSize
 		// size flags of the peer network, copied into cfg.Peer.Swarm in RunE
 		upRate, downRate, pieceSize byteSize
+		backgroundRate              = byteSize(fetch.DefaultConfig().BackgroundRate)
 	)
 	cfg.Peer.Swarm = swarm.DefaultConfig()
 	pieceSize = byteSize(cfg.Peer.Swarm.PieceSize)
@@ -57,6 +59,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 			}
 			cfg.DataDir, cfg.APIAddr, cfg.Quota = g.dataDir, g.apiAddr(), int64(quota)
 			cfg.Peer.Swarm.UploadRate, cfg.Peer.Swarm.DownloadRate, cfg.Peer.Swarm.PieceSize = int64(upRate), int64(downRate), int64(pieceSize)
+			cfg.BackgroundRate = int64(backgroundRate)
 			n, err := newNode(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
@@ -74,6 +77,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.DurationVar(&cfg.Resolver.TTL, "tag-ttl", cfg.Resolver.TTL, "how long a resolved tag is trusted before asking the registry again")
 	f.BoolVar(&cfg.Resolver.ServeStale, "serve-stale-tags", cfg.Resolver.ServeStale, "answer with the last known digest when the registry is unreachable")
 	f.IntVar(&cfg.Concurrency, "prefetch-concurrency", 3, "blobs fetched at once by a prefetch")
+	f.Var(&backgroundRate, "background-rate", "bytes per second a blob read by range (lazy loading) fills in at beyond the ranges asked for, e.g. 32MiB; 0: unlimited")
 
 	// The peer network.
 	f.StringVar(&cfg.Peer.NodeID, "node-id", "", "this node's name in the cluster, stable across restarts (default: the host name)")

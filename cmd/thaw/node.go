@@ -47,6 +47,9 @@ type nodeConfig struct {
 	Concurrency     int
 	Peer            peerConfig
 	Snapshotter     snapshotter.Config // off when Socket is empty
+	// BackgroundRate bounds, in bytes per second, the fill of blobs read
+	// by range (lazy loading); 0: unlimited.
+	BackgroundRate int64
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -128,6 +131,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		return nil, err
 	}
 	fcfg := fetch.DefaultConfig()
+	fcfg.BackgroundRate = cfg.BackgroundRate
 	var source puller.Source = up
 	if pn.swarm != nil {
 		// Blobs come through the peer network, which counts its bytes by

@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,7 +41,8 @@ type Config struct {
 	// requests that share it.
 	ManifestTimeout time.Duration
 	// ChunkSize aligns the ranges fetched for readers of lazily opened blobs
-	// (OpenLazy): a read fetches the chunks that cover it.
+	// (OpenLazy): a read fetches the chunks that cover it. For it and the
+	// two next fields, 0 means DefaultConfig's value.
 	ChunkSize int64
 	// MaxRangeRequest bounds one range request: the missing chunks a read
 	// needs are coalesced into requests of at most this many bytes, sent
@@ -70,8 +72,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("fetch: idle and manifest timeouts must be > 0, retries and backoff >= 0, source name set (got idle %s, manifest %s, retries %d, backoff %s, source %q)",
 			c.IdleTimeout, c.ManifestTimeout, c.Retries, c.RetryBackoff, c.SourceName)
 	}
-	if c.ChunkSize <= 0 || c.MaxRangeRequest < c.ChunkSize || c.RangeConcurrency <= 0 || c.BackgroundRate < 0 {
-		return fmt.Errorf("fetch: chunk size must be > 0, max range request >= chunk size, range concurrency > 0, background rate >= 0 (got chunk %d, max request %d, concurrency %d, rate %d)",
+	if c.ChunkSize < 0 || c.MaxRangeRequest < 0 || c.MaxRangeRequest > 0 && c.MaxRangeRequest < c.ChunkSize || c.RangeConcurrency < 0 || c.BackgroundRate < 0 {
+		return fmt.Errorf("fetch: chunk size, max range request (at least the chunk size), range concurrency and background rate must not be negative; 0 means the default (got chunk %d, max request %d, concurrency %d, rate %d)",
 			c.ChunkSize, c.MaxRangeRequest, c.RangeConcurrency, c.BackgroundRate)
 	}
 	return nil
@@ -118,6 +120,10 @@ func New(cfg Config, st store.ContentStore, src puller.Source, manifests puller.
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	def := DefaultConfig()
+	cfg.ChunkSize = cmp.Or(cfg.ChunkSize, def.ChunkSize)
+	cfg.MaxRangeRequest = cmp.Or(cfg.MaxRangeRequest, max(def.MaxRangeRequest, cfg.ChunkSize))
+	cfg.RangeConcurrency = cmp.Or(cfg.RangeConcurrency, def.RangeConcurrency)
 	base, cancel := context.WithCancel(context.Background())
 	rs, _ := src.(puller.RangeSource)
 	return &Fetcher{
@@ -135,8 +141,8 @@ func (f *Fetcher) Close() error {
 }
 
 // Open returns the blob: complete from the store (source metrics.SourceCache),
-// or partial while it is fetched, readable as bytes arrive (source: the
-// fetcher's SourceName). The caller closes the blob. ctx bounds the wait for
+// or brought in by a fetch, partial and readable as bytes arrive or already
+// complete if the fetch was quick (source: the fetcher's SourceName). The caller closes the blob. ctx bounds the wait for
 // the fetch to start and the reads of a partial blob, not the fetch itself.
 func (f *Fetcher) Open(ctx context.Context, repo name.Repository, dgst v1.Hash) (store.Blob, string, error) {
 	return f.open(ctx, repo, dgst, false)
@@ -174,10 +180,8 @@ func (f *Fetcher) open(ctx context.Context, repo name.Repository, dgst v1.Hash, 
 		}
 		return nil, "", fmt.Errorf("open blob %s after its fetch started: %w", dgst, err)
 	}
-	if b.Complete() {
-		return b, metrics.SourceCache, nil
-	}
-	if lazy {
+	// Complete already or not, the bytes came through this fetch.
+	if lazy && !b.Complete() {
 		b = &lazyBlob{Blob: b, f: f, dgst: dgst}
 	}
 	return b, f.cfg.SourceName, nil

@@ -34,6 +34,21 @@ type Blobs interface {
 	Manifest(ctx context.Context, repo name.Repository, dgst v1.Hash) ([]byte, string, string, error)
 }
 
+// LazyBlobs is implemented by Blobs that can open a blob for reads of
+// ranges without bringing it in from its first byte (fetch.Fetcher). The
+// mirror uses it for requests with a Range header, and for HEAD.
+type LazyBlobs interface {
+	// OpenLazy returns a blob whose ReadAt fetches the missing bytes it
+	// needs first; the rest arrives in the background.
+	OpenLazy(ctx context.Context, repo name.Repository, dgst v1.Hash) (store.Blob, string, error)
+}
+
+// wanter is implemented by blobs that LazyBlobs opened (fetch.Wanter).
+type wanter interface {
+	// Want starts fetching [start, end) without waiting for it.
+	Want(start, end int64)
+}
+
 // Config tunes the mirror.
 type Config struct {
 	// DefaultRegistry is the upstream for requests without ?ns=.
@@ -143,6 +158,7 @@ func (m *Mirror) serveManifest(w *responseWriter, r *http.Request, req Request) 
 }
 
 func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
+	start := time.Now()
 	// The timeout covers opening the blob (the first answer of the source);
 	// the reads of an arriving blob that follow are bounded by the request and
 	// the fetcher's idle timeout. So the blob's context outlives Open, and the
@@ -150,7 +166,18 @@ func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	timer := time.AfterFunc(m.cfg.Timeout, cancel)
-	blob, source, err := m.blobs.Open(ctx, req.Repo, req.Digest)
+	rangeHeader := r.Header.Get("Range")
+	open := m.blobs.Open
+	lazy, canLazy := m.blobs.(LazyBlobs)
+	if canLazy && (rangeHeader != "" || r.Method == http.MethodHead) {
+		// Serve the bytes asked for as soon as they are here, not after the
+		// blob's start.
+		open = lazy.OpenLazy
+	}
+	if rangeHeader != "" && r.Method == http.MethodGet {
+		w.firstByte = func() { m.metrics.Lazy.RangeFirstByte.Observe(time.Since(start).Seconds()) }
+	}
+	blob, source, err := open(ctx, req.Repo, req.Digest)
 	if !timer.Stop() && err == nil {
 		blob.Close()
 		err = fmt.Errorf("blob %s: no answer within %s: %w", req.Digest, m.cfg.Timeout, puller.ErrUnavailable)
@@ -171,7 +198,16 @@ func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
 	h.Set("Docker-Content-Digest", req.Digest.String())
 	h.Set("Etag", `"`+req.Digest.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000")
-	http.ServeContent(w, r, "", time.Time{}, blob.ReadSeeker())
+	content := blob.ReadSeeker()
+	if wb, ok := blob.(wanter); ok && !blob.Complete() && rangeHeader != "" {
+		// The ranges are fetched in parallel from now; ServeContent reads
+		// them through ReadAt, which waits for exactly their bytes.
+		for _, rg := range wantedRanges(rangeHeader, blob.Size()) {
+			wb.Want(rg.Start, rg.End)
+		}
+		content = io.NewSectionReader(blob, 0, blob.Size())
+	}
+	http.ServeContent(w, r, "", time.Time{}, content)
 }
 
 // SourceHeader names, on every manifest and blob answer, where its bytes came
@@ -239,6 +275,16 @@ type responseWriter struct {
 	code    int
 	written int64
 	source  string
+	// firstByte, if set, is called before the first byte of the body.
+	firstByte func()
+}
+
+func (w *responseWriter) wrote(n int64) {
+	if w.written == 0 && n > 0 && w.firstByte != nil {
+		w.firstByte()
+		w.firstByte = nil
+	}
+	w.written += n
 }
 
 func (w *responseWriter) WriteHeader(code int) {
@@ -248,11 +294,16 @@ func (w *responseWriter) WriteHeader(code int) {
 
 func (w *responseWriter) Write(p []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(p)
-	w.written += int64(n)
+	w.wrote(int64(n))
 	return n, err
 }
 
 func (w *responseWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.firstByte != nil {
+		// The copy may be a sendfile: its start stands for the first byte.
+		w.firstByte()
+		w.firstByte = nil
+	}
 	n, err := io.Copy(w.ResponseWriter, r)
 	w.written += n
 	return n, err
