@@ -75,7 +75,9 @@ func TestLazyLoading(t *testing.T) {
 // fewer bytes than the image crossed the link before the workload was
 // ready. A silent fallback to a full pull fails every one of these checks.
 func testEStargzLazy(t *testing.T, f *fixture) {
-	n := newNode(t, f.reg)
+	// The background fill is slowed down so that what crosses the link
+	// before the container is done is what it read.
+	n := newNode(t, f.reg, "--background-rate", "64KiB")
 	before := f.link.rxBytes(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -111,10 +113,14 @@ func testEStargzLazy(t *testing.T, f *fixture) {
 	if served == 0 {
 		t.Error("thaw's mirror served no bytes: the snapshotter's reads did not go through it")
 	}
-	if moved >= f.esgzSize {
+	demand := m[`thaw_lazy_fetched_bytes_total{kind="demand"}`]
+	if demand == 0 || int64(demand) >= f.esgzSize/2 {
+		t.Errorf("thaw fetched %.0f bytes on demand for an image of %d: want some, and less than half", demand, f.esgzSize)
+	}
+	if moved >= f.esgzSize/2 {
 		t.Errorf("%d bytes crossed the link by the time the container exited; the image is %d: not lazy", moved, f.esgzSize)
 	}
-	t.Logf("ready; %d bytes crossed the link (image %d); mirror served %.0f bytes; output: %s", moved, f.esgzSize, served, strings.TrimSpace(out))
+	t.Logf("ready; %d bytes crossed the link (image %d); thaw fetched %.0f on demand, its mirror served %.0f; output: %s", moved, f.esgzSize, demand, served, strings.TrimSpace(out))
 }
 
 // testPlainFallback: a layer that is not eStargz cannot be mounted lazily;

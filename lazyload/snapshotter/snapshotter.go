@@ -112,7 +112,13 @@ func New(ctx context.Context, cfg Config, m *metrics.Lazyload, log *slog.Logger)
 // snapshotter restores the lazy mounts of an earlier run as it starts, and
 // that reads from the mirror, which serves only once the daemon runs.
 func (s *Service) start(ctx context.Context) error {
-	fsys, err := service.NewFileSystem(ctx, s.cfg.Root, &service.Config{}, service.WithCustomRegistryHosts(s.hosts))
+	// No background fetch of whole layers by the snapshotter: the mirror
+	// fills in the rest of a blob read by range at its own bounded rate
+	// (thaw daemon --background-rate); the snapshotter's fetcher would read
+	// it all at once through the mirror, as demand.
+	sc := &service.Config{}
+	sc.NoBackgroundFetch = true
+	fsys, err := service.NewFileSystem(ctx, s.cfg.Root, sc, service.WithCustomRegistryHosts(s.hosts))
 	if err != nil {
 		return fmt.Errorf("stargz file system: %w", err)
 	}
