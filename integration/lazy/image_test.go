@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -77,7 +78,14 @@ func (p pyImage) layers(t *testing.T) []v1.Layer {
 	sort.Strings(libList)
 	ls := []v1.Layer{fileLayer(t, libList)}
 	for _, d := range p.dirs {
-		ls = append(ls, dirLayer(t, d))
+		// A directory nested in another of dirs is in its own layer only.
+		var skip []string
+		for _, o := range p.dirs {
+			if o != d && strings.HasPrefix(o, d+"/") {
+				skip = append(skip, o)
+			}
+		}
+		ls = append(ls, dirLayer(t, d, skip))
 	}
 	return ls
 }
@@ -209,11 +217,15 @@ func fileLayer(t *testing.T, files []string) v1.Layer {
 	})
 }
 
-// dirLayer is a layer holding the host directory dir, symlinks kept.
-func dirLayer(t *testing.T, dir string) v1.Layer {
+// dirLayer is a layer holding the host directory dir but not the
+// directories in skip, symlinks kept.
+func dirLayer(t *testing.T, dir string, skip []string) v1.Layer {
 	t.Helper()
 	return layerFrom(t, func(tw *tar.Writer, dirs map[string]bool) {
 		_ = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+			if e != nil && e.IsDir() && slices.Contains(skip, path) {
+				return filepath.SkipDir
+			}
 			if err != nil || e.IsDir() || strings.Contains(path, "/__pycache__/") && !strings.HasSuffix(path, ".pyc") {
 				return nil
 			}
