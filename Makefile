@@ -65,7 +65,7 @@ bench-lazy:
 	THAW_LAZY_BENCH=1 $(GO) test -tags e2e -count=1 -run TestLazyBenchmark -v -timeout 60m ./integration/lazy/
 
 bench:
-	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob' -benchtime 5x ./puller/mirror
+	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob|BenchmarkTailRangeOfAbsentBlob' -benchtime 5x ./puller/mirror
 
 clean:
 	rm -rf bin

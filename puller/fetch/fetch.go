@@ -415,6 +415,7 @@ func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash
 // otherwise the rate (if any) paces the reads of the stream.
 func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCloser) error {
 	paced := false
+	var own store.Range // the fill's claim while paced
 	if body == nil {
 		if ft.limiter.Limit() != rate.Inf && ft.rangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
@@ -422,7 +423,13 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 				return err
 			}
 			at.idle.Reset(f.cfg.IdleTimeout)
-			paced = true
+			// Readers may have taken the hole while the fill waited.
+			var ok bool
+			if hole, ok = ft.claimHole(hole); !ok {
+				return nil
+			}
+			defer ft.release(hole)
+			own, paced = hole, true
 		}
 		var err error
 		body, err = ft.open(at.ctx, hole)
@@ -446,7 +453,7 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 				}
 				at.idle.Reset(f.cfg.IdleTimeout)
 			}
-			more, werr := ft.write(buf[:n], pos)
+			more, werr := ft.write(buf[:n], pos, own)
 			if werr != nil {
 				return werr
 			}

@@ -55,7 +55,13 @@ func (r *ranged) init(f *Fetcher, repo name.Repository, dgst v1.Hash, lazy bool)
 	if lazy && f.cfg.BackgroundRate > 0 {
 		limit = rate.Limit(f.cfg.BackgroundRate)
 	}
-	r.limiter = rate.NewLimiter(limit, int(max(fillBuffer, f.cfg.ChunkSize)))
+	burst := int(max(fillBuffer, f.cfg.ChunkSize))
+	r.limiter = rate.NewLimiter(limit, burst)
+	if limit != rate.Inf {
+		// Start with an empty bucket: the first background chunk comes
+		// after the readers' first ranges, not with them.
+		r.limiter.ReserveN(time.Now(), burst)
+	}
 	r.ctx, r.cancel = context.WithCancelCause(f.base)
 	r.wake = make(chan struct{})
 	r.lifted = make(chan struct{})
@@ -223,14 +229,29 @@ func (r *ranged) noSourceRanges(err error) {
 	}
 }
 
+// claimHole claims, for a paced fill, the part of hole from its start that
+// is still missing and free, so that range requests wait for it rather
+// than fetch it again. ok is false when the hole's start was taken meanwhile.
+func (r *ranged) claimHole(hole store.Range) (store.Range, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	free := store.Subtract(r.ing.Missing(hole.Start, hole.End), r.claimed)
+	if len(free) == 0 || free[0].Start != hole.Start {
+		return store.Range{}, false
+	}
+	r.claimed = append(r.claimed, free[0])
+	return free[0], true
+}
+
 // write writes the fill's bytes p at pos, up to the first byte a range
-// request is writing. more is false when the fill should look for the next
-// hole: it reached bytes that others write or wrote.
-func (r *ranged) write(p []byte, pos int64) (more bool, err error) {
+// request is writing (own is the fill's own claim, if any). more is false
+// when the fill should look for the next hole: it reached bytes that others
+// write or wrote.
+func (r *ranged) write(p []byte, pos int64, own store.Range) (more bool, err error) {
 	end := pos + int64(len(p))
 	r.mu.Lock()
 	for _, c := range r.claimed {
-		if c.Start < end && c.End > pos {
+		if c != own && c.Start < end && c.End > pos {
 			end = max(pos, min(end, c.Start))
 		}
 	}

@@ -158,9 +158,10 @@ func TestLazyTailRead(t *testing.T) {
 	if n, err := b.ReadAt(tail, size-51); n != 51 || err != nil || !bytes.Equal(tail, data[size-51:]) {
 		t.Fatalf("ReadAt(tail) = %d, %v", n, err)
 	}
-	// The tail's chunk, and at most the fill's first chunk (its burst).
-	if served := o.served.Load(); served > 2*mib {
-		t.Fatalf("origin served %d bytes for a 51-byte read at the end of a %d-byte blob; want about a chunk", served, size)
+	// The tail's chunk alone: the background fill starts with an empty
+	// bucket, and gets no chunk at 64 KiB/s in the time this test takes.
+	if served := o.served.Load(); served > mib {
+		t.Fatalf("origin served %d bytes for a 51-byte read at the end of a %d-byte blob; want its chunk", served, size)
 	}
 	if !slicesContains(o.seen(), fmt.Sprintf("bytes=%d-%d", size-mib, size-1)) {
 		t.Fatalf("origin saw ranges %v, want the last chunk among them", o.seen())
@@ -170,8 +171,8 @@ func TestLazyTailRead(t *testing.T) {
 	if _, err := b.ReadAt(mid, 5*mib+100); err != nil || !bytes.Equal(mid, data[5*mib+100:10*mib+100]) {
 		t.Fatalf("ReadAt(middle): %v", err)
 	}
-	if served := o.served.Load(); served > 9*mib {
-		t.Fatalf("origin served %d bytes after reading 5 MiB in the middle; want about 8 MiB", served)
+	if served := o.served.Load(); served > 7*mib {
+		t.Fatalf("origin served %d bytes after reading 5 MiB in the middle; want the 7 chunks read", served)
 	}
 
 	if cached, err := e.fetcher.Ensure(t.Context(), o.repo, dgst); cached || err != nil {

@@ -7,6 +7,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/thaw-dev/thaw/metrics/metricstest"
@@ -39,8 +40,8 @@ func TestLazyRangesOfAbsentBlob(t *testing.T) {
 		resp.Header.Get("Content-Range") != "bytes "+strconv.Itoa(size-51)+"-"+strconv.Itoa(size-1)+"/"+strconv.Itoa(size) {
 		t.Fatalf("GET bytes=-51: %s %q, %d bytes", resp.Status, resp.Header.Get("Content-Range"), len(body))
 	}
-	// The last chunk, and at most the background fill's first.
-	if got := o.blobBytes(); got > 2*mib {
+	// The last chunk alone (the background fill waits for its rate).
+	if got := o.blobBytes(); got > mib {
 		t.Fatalf("origin sent %d bytes to serve 51 at the end of a %d-byte blob", got, size)
 	}
 	resp, body = n.do(t, http.MethodGet, blobPath(ref, d), o.host, http.Header{"Range": {"bytes=0-1"}})
@@ -59,7 +60,7 @@ func TestLazyRangesOfAbsentBlob(t *testing.T) {
 		t.Fatalf("multi range parts wrong: %d parts", len(parts))
 	}
 	if got := o.blobBytes(); got > 3*mib {
-		t.Fatalf("origin sent %d bytes for ranges in 3 chunks", got)
+		t.Fatalf("origin sent %d bytes for ranges in 3 chunks (the first, a middle one, the last)", got)
 	}
 	if got := metricstest.Sum(t, n.reg, "thaw_mirror_range_first_byte_seconds", nil); got != 3 {
 		t.Errorf("range first byte observations = %v, want 3", got)
@@ -103,4 +104,56 @@ func readParts(t *testing.T, resp *http.Response, body []byte) [][]byte {
 		b, _ := io.ReadAll(p)
 		parts = append(parts, b)
 	}
+}
+
+// TestLazyWholeAnswersAreVerified: when ServeContent answers a ranged GET
+// with the whole blob (If-Range for another version, ranges adding up to
+// more than the blob), the answer's last byte waits for the verification,
+// so a blob with a wrong byte is cut short, never delivered whole.
+func TestLazyWholeAnswersAreVerified(t *testing.T) {
+	o := newOrigin(t)
+	ref, img := o.push(t, "lazy:v1", 512<<10, 1)
+	layers, _ := img.Layers()
+	d, _ := layers[0].Digest()
+	size := len(layerBytes(t, layers[0]))
+	// The origin flips the blob's last byte.
+	o.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		next.ServeHTTP(&flipLast{ResponseWriter: w, last: int64(size - 1), start: startOf(r.Header.Get("Range"))}, r)
+		return true
+	})
+	for _, h := range []http.Header{
+		{"Range": {"bytes=0-"}, "If-Range": {`"sha256:other"`}},
+		{"Range": {"bytes=0-" + strconv.Itoa(size-1) + ",0-" + strconv.Itoa(size-1)}},
+	} {
+		n := newNode(t, nodeOptions{})
+		resp, body := n.do(t, http.MethodGet, blobPath(ref, d), o.host, h)
+		if len(body) == size {
+			t.Fatalf("%v: the whole wrong blob was delivered (%s)", h, resp.Status)
+		}
+	}
+}
+
+// startOf is where the answer to a "bytes=a-b" request starts.
+func startOf(h string) int64 {
+	a, _, _ := strings.Cut(strings.TrimPrefix(h, "bytes="), "-")
+	n, _ := strconv.ParseInt(a, 10, 64)
+	return n
+}
+
+type flipLast struct {
+	http.ResponseWriter
+	last, start, off int64
+}
+
+func (f *flipLast) Write(p []byte) (int, error) {
+	if i := f.last - f.start - f.off; i >= 0 && i < int64(len(p)) {
+		p = bytes.Clone(p)
+		p[i] ^= 1
+	}
+	n, err := f.ResponseWriter.Write(p)
+	f.off += int64(n)
+	return n, err
 }

@@ -199,13 +199,22 @@ func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
 	h.Set("Etag", `"`+req.Digest.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000")
 	content := blob.ReadSeeker()
-	if wb, ok := blob.(wanter); ok && !blob.Complete() && rangeHeader != "" {
-		// The ranges are fetched in parallel from now; ServeContent reads
-		// them through ReadAt, which waits for exactly their bytes.
-		for _, rg := range wantedRanges(rangeHeader, blob.Size()) {
+	if wb, ok := blob.(wanter); ok && !blob.Complete() {
+		// ServeContent answers 206 with these ranges: they are fetched in
+		// parallel from now, and read through ReadAt, which waits for
+		// exactly their bytes (unverified yet, as ranges are). An answer
+		// with the whole blob keeps the sequential reader, which releases
+		// the last byte only once the blob is verified.
+		wanted := wantedRanges(rangeHeader, blob.Size())
+		if ir := r.Header.Get("If-Range"); ir != "" && ir != h.Get("Etag") {
+			wanted = nil
+		}
+		for _, rg := range wanted {
 			wb.Want(rg.Start, rg.End)
 		}
-		content = io.NewSectionReader(blob, 0, blob.Size())
+		if len(wanted) > 0 {
+			content = io.NewSectionReader(blob, 0, blob.Size())
+		}
 	}
 	http.ServeContent(w, r, "", time.Time{}, content)
 }

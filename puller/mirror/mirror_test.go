@@ -6,8 +6,6 @@ import (
 	"errors"
 	"github.com/thaw-dev/thaw/metrics/metricstest"
 	"io"
-	"mime"
-	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -154,23 +152,7 @@ func TestBlobRanges(t *testing.T) {
 		if resp.StatusCode != http.StatusPartialContent {
 			t.Fatalf("multi range: %s", resp.Status)
 		}
-		_, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
-		var parts [][]byte
-		for {
-			p, err := mr.NextPart()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(p)
-			parts = append(parts, b)
-		}
+		parts := readParts(t, resp, body)
 		wantParts := [][]byte{want[:10], want[1000:1010], want[len(want)-5:]}
 		if len(parts) != 3 || !bytes.Equal(parts[0], wantParts[0]) || !bytes.Equal(parts[1], wantParts[1]) || !bytes.Equal(parts[2], wantParts[2]) {
 			t.Fatalf("cached=%v multi range parts wrong: %d parts", cached, len(parts))

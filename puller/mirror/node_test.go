@@ -131,7 +131,13 @@ type nodeOptions struct {
 	fetch     fetch.Config
 	timeout   time.Duration
 	defaultNS string
+	// sequential hides the fetcher's OpenLazy from the mirror: every blob
+	// request streams the blob from its start, as before lazy loading.
+	sequential bool
 }
+
+// sequentialBlobs is a fetcher without OpenLazy.
+type sequentialBlobs struct{ mirror.Blobs }
 
 func newNode(t testing.TB, o nodeOptions) *node {
 	t.Helper()
@@ -177,7 +183,11 @@ func newNode(t testing.TB, o nodeOptions) *node {
 	if o.defaultNS != "" {
 		mcfg.DefaultRegistry = o.defaultNS
 	}
-	mir, err := mirror.New(mcfg, res, f, m, log)
+	var blobs mirror.Blobs = f
+	if o.sequential {
+		blobs = sequentialBlobs{f}
+	}
+	mir, err := mirror.New(mcfg, res, blobs, m, log)
 	if err != nil {
 		t.Fatal(err)
 	}

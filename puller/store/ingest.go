@@ -137,9 +137,10 @@ func (s *Store) createPartial(hex string, size int64) error {
 }
 
 // persistBytes is how many bytes an ingestion writes between two updates of
-// the ranges file (each costs two fsyncs). A crash loses at most the record
-// of these bytes, which are then fetched again.
-const persistBytes = 8 << 20
+// the ranges file (each costs two fsyncs, one of the data written since). A
+// crash loses at most the record of these bytes, which are then fetched
+// again.
+const persistBytes = 32 << 20
 
 // ingestion is the Ingestion of a Store. It shares the entry (under Store.mu)
 // and the stream with readers.

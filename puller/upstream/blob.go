@@ -65,13 +65,34 @@ func (r *Registry) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.
 	return &blobReader{ctx: ctx, body: body, host: repo.RegistryStr(), what: "read blob " + dgst.String() + " from " + repo.String()}, size, nil
 }
 
-// openBlob sends one blob GET and checks the answer against offset.
-func (r *Registry) openBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64, rangeHeader string) (io.ReadCloser, int64, error) {
+// getBlob sends one blob GET with rangeHeader (if any) and returns the
+// answer if it is 200 or 206 with the bytes as stored, or 416; any other
+// answer is closed and returned as an error.
+func (r *Registry) getBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, rangeHeader string) (*http.Response, error) {
 	header := http.Header{"Accept-Encoding": {"identity"}}
 	if rangeHeader != "" {
 		header.Set("Range", rangeHeader)
 	}
 	resp, err := r.do(ctx, repo, http.MethodGet, "/blobs/"+dgst.String(), header)
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusPartialContent:
+		if enc := resp.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+			resp.Body.Close()
+			return nil, fmt.Errorf("origin sent the blob with Content-Encoding %q although asked for identity", enc)
+		}
+	case http.StatusRequestedRangeNotSatisfiable:
+	default:
+		return nil, errorAnswer(resp) // closes it
+	}
+	return resp, nil
+}
+
+// openBlob sends one blob GET and checks the answer against offset.
+func (r *Registry) openBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64, rangeHeader string) (io.ReadCloser, int64, error) {
+	resp, err := r.getBlob(ctx, repo, dgst, rangeHeader)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -82,19 +103,11 @@ func (r *Registry) openBlob(ctx context.Context, repo name.Repository, dgst v1.H
 		}
 	}()
 
-	switch resp.StatusCode {
-	case http.StatusOK, http.StatusPartialContent:
-		if enc := resp.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-			return nil, 0, fmt.Errorf("origin sent the blob with Content-Encoding %q although asked for identity", enc)
-		}
-	case http.StatusRequestedRangeNotSatisfiable:
+	if resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		if cr, err := parseContentRange(resp.Header.Get("Content-Range")); err == nil && cr.first < 0 && cr.size == offset {
 			return http.NoBody, offset, nil // resuming a blob that is already complete
 		}
 		return nil, 0, unsatisfiable(resp, offset, rangeHeader)
-	default:
-		ok = true // errorAnswer closes it
-		return nil, 0, errorAnswer(resp)
 	}
 
 	if resp.StatusCode == http.StatusOK {

@@ -47,8 +47,7 @@ func (r *Registry) FetchRange(ctx context.Context, repo name.Repository, dgst v1
 
 func (r *Registry) openRange(ctx context.Context, repo name.Repository, dgst v1.Hash, off, n int64) (io.ReadCloser, error) {
 	rangeHeader := fmt.Sprintf("bytes=%d-%d", off, off+n-1)
-	header := http.Header{"Accept-Encoding": {"identity"}, "Range": {rangeHeader}}
-	resp, err := r.do(ctx, repo, http.MethodGet, "/blobs/"+dgst.String(), header)
+	resp, err := r.getBlob(ctx, repo, dgst, rangeHeader)
 	if err != nil {
 		return nil, err
 	}
@@ -58,18 +57,9 @@ func (r *Registry) openRange(ctx context.Context, repo name.Repository, dgst v1.
 			resp.Body.Close()
 		}
 	}()
-	switch resp.StatusCode {
-	case http.StatusOK, http.StatusPartialContent:
-		if enc := resp.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-			return nil, fmt.Errorf("origin sent the blob with Content-Encoding %q although asked for identity", enc)
-		}
-	case http.StatusRequestedRangeNotSatisfiable:
+	if resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		return nil, unsatisfiable(resp, off+n-1, rangeHeader)
-	default:
-		ok = true // errorAnswer closes it
-		return nil, errorAnswer(resp)
 	}
-
 	if resp.StatusCode == http.StatusOK {
 		switch {
 		case resp.ContentLength >= 0 && off+n > resp.ContentLength:
