@@ -20,6 +20,10 @@ type Lazy struct {
 	// RangeFirstByte: mirror range requests (GET with Range), from the
 	// request to the first byte of the answer.
 	RangeFirstByte prometheus.Histogram
+	// RangeDuration: mirror range requests, from the request to the last
+	// byte: how long a lazy reader waited for a region (the eStargz
+	// prioritized region is one such read).
+	RangeDuration prometheus.Histogram
 }
 
 // NewLazy creates and registers the lazy loading metrics on reg.
@@ -39,10 +43,15 @@ func NewLazy(reg prometheus.Registerer) *Lazy {
 			Help:    "Mirror blob requests with a Range header, from the request to the first byte of the answer.",
 			Buckets: latencyBuckets,
 		}),
+		RangeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "thaw_mirror_range_duration_seconds",
+			Help:    "Mirror blob requests with a Range header, from the request to the last byte of the answer.",
+			Buckets: latencyBuckets,
+		}),
 	}
 	// Both kinds exist from the start, so a rate over them is 0, not absent.
 	m.FetchedBytes.WithLabelValues(LazyDemand)
 	m.FetchedBytes.WithLabelValues(LazyBackground)
-	reg.MustRegister(m.FetchedBytes, m.RangeFetchDuration, m.RangeFirstByte)
+	reg.MustRegister(m.FetchedBytes, m.RangeFetchDuration, m.RangeFirstByte, m.RangeDuration)
 	return m
 }

@@ -208,11 +208,23 @@ func (f *Fetcher) Ensure(ctx context.Context, repo name.Repository, dgst v1.Hash
 func (f *Fetcher) start(repo name.Repository, dgst v1.Hash, lazy bool) *fetch {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if ft, ok := f.active[dgst]; ok {
-		if !lazy {
-			ft.unlimit()
+	for {
+		ft, ok := f.active[dgst]
+		if !ok {
+			break
 		}
-		return ft
+		if ft.ctx.Err() == nil {
+			if !lazy {
+				ft.unlimit()
+			}
+			return ft
+		}
+		// It is failing (or closing): let it end, so that this reader
+		// gets a new fetch rather than the old error. Ending takes no
+		// more than aborting its ingestion.
+		f.mu.Unlock()
+		<-ft.done
+		f.mu.Lock()
 	}
 	ft := &fetch{started: make(chan struct{}), done: make(chan struct{})}
 	ft.init(f, repo, dgst, lazy)

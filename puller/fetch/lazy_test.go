@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -38,6 +39,9 @@ type rangeOrigin struct {
 	repo      name.Repository
 	served    atomic.Int64
 	corruptAt atomic.Int64
+	// failRanges answers range requests with 500; ignoreRanges answers
+	// them with the whole blob, as some servers do.
+	failRanges, ignoreRanges atomic.Bool
 
 	mu     sync.Mutex
 	ranges []string
@@ -56,6 +60,15 @@ func newRangeOrigin(t *testing.T) *rangeOrigin {
 		o.mu.Lock()
 		o.ranges = append(o.ranges, r.Header.Get("Range"))
 		o.mu.Unlock()
+		if r.Header.Get("Range") != "" {
+			switch {
+			case o.failRanges.Load():
+				http.Error(w, "broken", http.StatusInternalServerError)
+				return
+			case o.ignoreRanges.Load():
+				r.Header.Del("Range")
+			}
+		}
 		reg.ServeHTTP(&countingWriter{ResponseWriter: w, o: o, start: firstByte(r.Header.Get("Range"))}, r)
 	}))
 	t.Cleanup(o.srv.Close)
@@ -363,4 +376,61 @@ func TestLazyWithSequentialSource(t *testing.T) {
 	if calls := src.calls(); len(calls) != 1 || calls[0] != 0 {
 		t.Errorf("source calls %v, want one stream from 0", calls)
 	}
+}
+
+// TestLazyRangeFailure: range requests that keep failing fail the fetch:
+// the reader waiting gets the error (not a hang), the partial stays, and a
+// later reader, the origin healed, gets its bytes.
+func TestLazyRangeFailure(t *testing.T) {
+	o := newRangeOrigin(t)
+	const size = 4 * mib
+	data, dgst := o.push(t, 6, size)
+	o.failRanges.Store(true)
+	cfg := slowConfig()
+	cfg.Retries, cfg.RetryBackoff = 1, time.Millisecond
+	e := newEnv(t, cfg, nil, newUpstream(t), nil)
+	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.ReadAt(make([]byte, 10), size-10); !errors.Is(err, puller.ErrUnavailable) {
+		t.Fatalf("ReadAt with the origin failing ranges = %v, want ErrUnavailable", err)
+	}
+	if info, err := e.store.Stat(t.Context(), dgst); err != nil || info.Complete {
+		t.Fatalf("Stat after the failure = %+v, %v; want the partial kept", info, err)
+	}
+	o.failRanges.Store(false)
+	b2, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	p := make([]byte, 10)
+	if _, err := b2.ReadAt(p, size-10); err != nil || !bytes.Equal(p, data[size-10:]) {
+		t.Fatalf("ReadAt once the origin healed: %v", err)
+	}
+}
+
+// TestLazyOriginIgnoresRanges: an origin that answers ranges with the whole
+// blob makes the fetch sequential at full speed; readers get their bytes.
+func TestLazyOriginIgnoresRanges(t *testing.T) {
+	o := newRangeOrigin(t)
+	const size = 4 * mib
+	data, dgst := o.push(t, 7, size)
+	o.ignoreRanges.Store(true)
+	e := newEnv(t, slowConfig(), nil, newUpstream(t), nil)
+	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	p := make([]byte, 10)
+	if _, err := b.ReadAt(p, size-10); err != nil || !bytes.Equal(p, data[size-10:]) {
+		t.Fatalf("ReadAt from an origin ignoring ranges: %v", err)
+	}
+	if _, err := e.fetcher.Ensure(t.Context(), o.repo, dgst); err != nil {
+		t.Fatal(err)
+	}
+	checkStored(t, e, dgst, data)
 }

@@ -8,4 +8,10 @@
 // fetch.Fetcher's. It answers writes with 405 and, when it cannot serve,
 // answers quickly with an error so that containerd falls back to the next host
 // (the registry itself).
+//
+// A GET with Range, or a HEAD, of a blob that is not complete opens it
+// lazily (LazyBlobs): the ranges asked for are fetched at once and in
+// parallel and served as soon as their bytes are in the store, before the
+// blob's earlier bytes. Such ranges are not verified yet (eStargz readers
+// verify chunks themselves); an answer with the whole blob always is.
 package mirror

@@ -62,8 +62,10 @@ func TestLazyRangesOfAbsentBlob(t *testing.T) {
 	if got := o.blobBytes(); got > 3*mib {
 		t.Fatalf("origin sent %d bytes for ranges in 3 chunks (the first, a middle one, the last)", got)
 	}
-	if got := metricstest.Sum(t, n.reg, "thaw_mirror_range_first_byte_seconds", nil); got != 3 {
-		t.Errorf("range first byte observations = %v, want 3", got)
+	for _, name := range []string{"thaw_mirror_range_first_byte_seconds", "thaw_mirror_range_duration_seconds"} {
+		if got := metricstest.Sum(t, n.reg, name, nil); got != 3 {
+			t.Errorf("%s observations = %v, want 3", name, got)
+		}
 	}
 
 	// A whole-blob GET streams it all, verified.

@@ -176,6 +176,11 @@ func (m *Mirror) serveBlob(w *responseWriter, r *http.Request, req Request) {
 	}
 	if rangeHeader != "" && r.Method == http.MethodGet {
 		w.firstByte = func() { m.metrics.Lazy.RangeFirstByte.Observe(time.Since(start).Seconds()) }
+		defer func() {
+			if w.code == http.StatusPartialContent {
+				m.metrics.Lazy.RangeDuration.Observe(time.Since(start).Seconds())
+			}
+		}()
 	}
 	blob, source, err := open(ctx, req.Repo, req.Digest)
 	if !timer.Stop() && err == nil {

@@ -1,7 +1,8 @@
 // Package upstream is the node mirror's client to origin registries: containerd
 // pulls through the mirror, and the mirror pulls from the origin with this
 // package. Registry implements puller.ManifestSource (Resolve, Manifest) and
-// puller.Source (FetchBlob) on top of go-containerregistry's transport.
+// puller.Source (FetchBlob) and puller.RangeSource (BlobSize, FetchRange) on
+// top of go-containerregistry's transport.
 //
 // It owns everything about talking to an origin registry:
 //
