@@ -46,6 +46,7 @@ type coldStart struct {
 	remote, all int // lazily mounted snapshots / all
 	load        string
 	spread      string // every round's time to ready, for the report
+	demand      int64  // bytes thaw fetched because a reader waited for them (-1: not through thaw's ranges)
 }
 
 // TestLazyBenchmark measures cold starts of the same image on the same link
@@ -138,7 +139,10 @@ func benchCold(t *testing.T, l *link, reg, name, ref string, size int64, snapsho
 	pulled := time.Since(start)
 	readyAt, _ := n.ctrd.run(t, ref, snapshotter, readyLine)
 	moved := l.rxBytes(t) - before
-	r := &coldStart{name: name, pull: pulled, ready: readyAt.Sub(start), linkBytes: moved, imageBytes: size, load: load}
+	r := &coldStart{name: name, pull: pulled, ready: readyAt.Sub(start), linkBytes: moved, imageBytes: size, load: load, demand: -1}
+	if snapshotter == "stargz" && !direct {
+		r.demand = int64(n.thaw.scrape(t)[`thaw_lazy_fetched_bytes_total{kind="demand"}`])
+	}
 	if snapshotter == "stargz" {
 		r.remote, r.all = n.ctrd.remoteSnapshots(t)
 	}
@@ -165,6 +169,7 @@ func median(cases [][]*coldStart) []*coldStart {
 		m.pull = time.Duration(pick(func(r *coldStart) float64 { return float64(r.pull) }))
 		m.ready = time.Duration(pick(func(r *coldStart) float64 { return float64(r.ready) }))
 		m.linkBytes = int64(pick(func(r *coldStart) float64 { return float64(r.linkBytes) }))
+		m.demand = int64(pick(func(r *coldStart) float64 { return float64(r.demand) }))
 		var readies, loads []string
 		for _, r := range rs {
 			readies = append(readies, fmt.Sprintf("%.2f", r.ready.Seconds()))
@@ -190,10 +195,14 @@ func benchReport(rate int64, prefix string, plainSize, esgzSize int64, startup i
 		"(new containerd and thaw, empty stores); the four cases take turns, %d rounds, and the table shows medians. Time is from the pull request to the workload's ready line; bytes are "+
 		"what crossed the link (frames, headers included) until then, background fetches included. "+
 		"Machine: %d cores shared with other work (the 1-minute load average at each start is shown).\n\n", fmtRate(rate), rounds, runtime.NumCPU())
-	s.WriteString("| cold start | pull | to ready | vs (a) | bytes over the link before ready | of the image | every round's time to ready | load avg |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	s.WriteString("| cold start | pull | to ready | vs (a) | bytes over the link before ready | of the image | of which thaw fetched on demand | every round's time to ready | load avg |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range runs {
-		fmt.Fprintf(&s, "| %s | %.2f s | %.2f s | %.3f | %.1f MiB | %.0f%% | %s | %s |\n", r.name, r.pull.Seconds(), r.ready.Seconds(),
-			r.ready.Seconds()/a.ready.Seconds(), mibf(r.linkBytes), 100*float64(r.linkBytes)/float64(r.imageBytes), r.spread, r.load)
+		demand := "-"
+		if r.demand >= 0 {
+			demand = fmt.Sprintf("%.1f MiB (%.0f%%)", mibf(r.demand), 100*float64(r.demand)/float64(r.imageBytes))
+		}
+		fmt.Fprintf(&s, "| %s | %.2f s | %.2f s | %.3f | %.1f MiB | %.0f%% | %s | %s | %s |\n", r.name, r.pull.Seconds(), r.ready.Seconds(),
+			r.ready.Seconds()/a.ready.Seconds(), mibf(r.linkBytes), 100*float64(r.linkBytes)/float64(r.imageBytes), demand, r.spread, r.load)
 	}
 	fmt.Fprintf(&s, "\nTargets of the lazy loading issue, from this run:\n\n")
 	for _, b := range runs[1 : len(runs)-1] {
