@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // funcRate shapes the link of the functional tests: fast enough to keep
@@ -67,7 +69,34 @@ func TestLazyLoading(t *testing.T) {
 	f := newFixture(t)
 	t.Run("EStargzMountsLazilyThroughThaw", func(t *testing.T) { testEStargzLazy(t, f) })
 	t.Run("PlainImageFallsBackToFullPull", func(t *testing.T) { testPlainFallback(t, f) })
+	t.Run("TamperedTOCIsRefused", func(t *testing.T) { testTamperedTOC(t, f) })
 	t.Run("SnapshotterKilled", func(t *testing.T) { testSnapshotterKilled(t, f) })
+}
+
+// testTamperedTOC: the manifest names a TOC digest that is not the layer's
+// (a layer swapped or corrupted at the registry). The snapshotter refuses
+// to mount that layer, says why, and containerd pulls it whole (verified
+// by its digest as any layer); the other layer is still mounted lazily.
+func testTamperedTOC(t *testing.T, f *fixture) {
+	bad := f.reg + "/py:esgz-badtoc"
+	tamperTOCAnnotation(t, f.esgz, bad, 1)
+	n := newNode(t, f.reg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := n.ctrd.pull(ctx, bad, n.thaw.mirror, "stargz"); err != nil {
+		t.Fatal(err)
+	}
+	n.ctrd.run(t, bad, "stargz", readyLine)
+	remote, all := n.ctrd.remoteSnapshots(t)
+	if all != 2 || remote != 1 {
+		t.Errorf("%d of %d snapshots remote, want 1 of 2 (the layer with the wrong TOC digest unpacked)", remote, all)
+	}
+	if e := n.thaw.scrape(t)[`thaw_lazy_mounts_total{result="error"}`]; e < 1 {
+		t.Errorf("thaw_lazy_mounts_total{result=error} = %v", e)
+	}
+	if lines := grepLog(n.thaw.proc.Log, "layer not mounted lazily", "invalid stargz layer"); len(lines) == 0 {
+		t.Errorf("thaw's log does not say why the layer was refused:\n%s", testenv.Tail(n.thaw.proc.Log, 20))
+	}
 }
 
 // testEStargzLazy: the eStargz image runs with its layers mounted over FUSE
