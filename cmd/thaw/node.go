@@ -175,7 +175,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		if sc.Mirror == "" {
 			sc.Mirror = "http://" + mirrorLn.Addr().String()
 		}
-		if n.lazy, err = snapshotter.New(ctx, sc, metrics.NewLazyload(reg), log); err != nil {
+		if n.lazy, err = snapshotter.New(sc, metrics.NewLazyload(reg), log); err != nil {
 			return nil, err
 		}
 		gatherer = prometheus.Gatherers{reg, metrics.StargzGatherer()}

@@ -77,7 +77,7 @@ type Service struct {
 // New prepares cfg.Root (detaching FUSE mounts a killed earlier run left)
 // and listens on cfg.Socket; Run creates the snapshotter and serves. New
 // refuses to start beside a live snapshotter on the same socket.
-func New(ctx context.Context, cfg Config, m *metrics.Lazyload, log *slog.Logger) (*Service, error) {
+func New(cfg Config, m *metrics.Lazyload, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -77,7 +77,7 @@ func TestServiceLifecycle(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	svc, err := snapshotter.New(ctx, cfg, metrics.NewLazyload(prometheus.NewRegistry()), log)
+	svc, err := snapshotter.New(cfg, metrics.NewLazyload(prometheus.NewRegistry()), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestServiceLifecycle(t *testing.T) {
 		t.Fatalf("walk: %d snapshots, %v", n, err)
 	}
 
-	_, err = snapshotter.New(ctx, cfg, metrics.NewLazyload(prometheus.NewRegistry()), log)
+	_, err = snapshotter.New(cfg, metrics.NewLazyload(prometheus.NewRegistry()), log)
 	if err == nil || !strings.Contains(err.Error(), "another snapshotter") {
 		t.Errorf("second snapshotter on the same socket: err = %v", err)
 	}
