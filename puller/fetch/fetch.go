@@ -431,6 +431,8 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 	if body == nil {
 		if ft.limiter.Limit() != rate.Inf && ft.rangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
+			// Waiting for the rate is not the source stalling.
+			at.idle.Stop()
 			if err := ft.pace(at.ctx, int(hole.Len())); err != nil {
 				return err
 			}
@@ -460,6 +462,7 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 				c.Add(float64(n))
 			}
 			if !paced {
+				at.idle.Stop()
 				if werr := ft.pace(at.ctx, n); werr != nil {
 					return werr
 				}

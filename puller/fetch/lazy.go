@@ -41,7 +41,7 @@ type ranged struct {
 	ing      store.Ingestion // set before started is closed
 	size     int64
 	claimed  []store.Range
-	wake     chan struct{} // closed when a claim is released
+	wake     chan struct{} // closed when a claim is released; nil when nobody waits
 	noRanges bool          // the source turned out to stream whole blobs only
 	lifted   chan struct{} // closed when the rate limit is lifted
 	stopped  bool          // no new range requests: the fetch is ending
@@ -63,7 +63,6 @@ func (r *ranged) init(f *Fetcher, repo name.Repository, dgst v1.Hash, lazy bool)
 		r.limiter.ReserveN(time.Now(), burst)
 	}
 	r.ctx, r.cancel = context.WithCancelCause(f.base)
-	r.wake = make(chan struct{})
 	r.lifted = make(chan struct{})
 	if limit == rate.Inf {
 		close(r.lifted)
@@ -127,6 +126,9 @@ func (r *ranged) nextHole() (store.Range, <-chan struct{}, error) {
 	}
 	free := store.Subtract(missing, r.claimed)
 	if len(free) == 0 {
+		if r.wake == nil {
+			r.wake = make(chan struct{})
+		}
 		return store.Range{}, r.wake, nil
 	}
 	return free[0], nil, nil
@@ -141,8 +143,10 @@ func (r *ranged) release(c store.Range) {
 			break
 		}
 	}
-	close(r.wake)
-	r.wake = make(chan struct{})
+	if r.wake != nil {
+		close(r.wake)
+		r.wake = nil
+	}
 	r.mu.Unlock()
 }
 

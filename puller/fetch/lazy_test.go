@@ -434,3 +434,31 @@ func TestLazyOriginIgnoresRanges(t *testing.T) {
 	}
 	checkStored(t, e, dgst, data)
 }
+
+// TestLazySlowFillIsNotIdle: a background rate so low that a chunk takes
+// many idle timeouts to be allowed does not make the fetch give up: waiting
+// for the rate is not the source stalling.
+func TestLazySlowFillIsNotIdle(t *testing.T) {
+	o := newRangeOrigin(t)
+	const size = 4 * mib
+	data, dgst := o.push(t, 8, size)
+	cfg := slowConfig()
+	cfg.BackgroundRate = 1 << 10
+	cfg.IdleTimeout, cfg.Retries, cfg.RetryBackoff = 20*time.Millisecond, 1, time.Millisecond
+	e := newEnv(t, cfg, nil, newUpstream(t), nil)
+	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// Ten idle timeouts (and retries) go by while the fill waits for its
+	// first chunk, 17 minutes away at this rate.
+	time.Sleep(10 * cfg.IdleTimeout)
+	p := make([]byte, 10)
+	if _, err := b.ReadAt(p, size/2); err != nil || !bytes.Equal(p, data[size/2:size/2+10]) {
+		t.Fatalf("ReadAt after ten idle timeouts of a slow fill: %v", err)
+	}
+	if got := metricstest.Sum(t, e.reg, "thaw_upstream_errors_total", nil); got != 0 {
+		t.Errorf("thaw_upstream_errors_total = %v, want 0", got)
+	}
+}

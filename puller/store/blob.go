@@ -23,6 +23,9 @@ import (
 type stream struct {
 	size int64
 	done atomic.Bool // committed: all size bytes are readable and verified
+	// prefix is how many bytes from offset 0 are present, for readers of
+	// that run (the common, sequential case) to go without the lock.
+	prefix atomic.Int64
 
 	mu      sync.Mutex
 	present ranges // bytes written to the data file (not yet durable nor verified)
@@ -44,7 +47,19 @@ type wakeup struct {
 }
 
 func newStream(size int64, present ranges) *stream {
-	return &stream{size: size, present: present, wake: &wakeup{ch: make(chan struct{})}}
+	s := &stream{size: size, present: present, wake: &wakeup{ch: make(chan struct{})}}
+	s.prefix.Store(present.runEnd(0))
+	return s
+}
+
+// readyFast reports, without the lock, whether [start, end) is readable
+// because it lies in the prefix or the blob is committed. false: ask
+// readyLocked.
+func (s *stream) readyFast(start, end int64, verified bool) bool {
+	if s.done.Load() {
+		return true
+	}
+	return end <= s.prefix.Load() && !(verified && end >= s.size)
 }
 
 // readyLocked reports whether [start, end) is readable. A read ending at the
@@ -66,9 +81,12 @@ func (s *stream) runEnd(off int64, verified bool) int64 {
 	if s.done.Load() {
 		return s.size
 	}
-	s.mu.Lock()
-	end := s.present.runEnd(off)
-	s.mu.Unlock()
+	end := s.prefix.Load()
+	if off >= end {
+		s.mu.Lock()
+		end = s.present.runEnd(off)
+		s.mu.Unlock()
+	}
 	if verified {
 		end = max(min(end, s.size-1), off)
 	}
@@ -106,6 +124,7 @@ func (s *stream) missing(start, end int64) []Range {
 func (s *stream) add(r Range) {
 	s.mu.Lock()
 	s.present.add(r)
+	s.prefix.Store(s.present.runEnd(0))
 	s.broadcastLocked(nil)
 	s.mu.Unlock()
 }
@@ -114,6 +133,7 @@ func (s *stream) add(r Range) {
 func (s *stream) commit() {
 	s.mu.Lock()
 	s.present = ranges{{0, s.size}}
+	s.prefix.Store(s.size)
 	s.done.Store(true)
 	s.broadcastLocked(nil)
 	s.mu.Unlock()
@@ -145,6 +165,7 @@ func (s *stream) fail(err error) {
 	}
 	if errors.Is(err, puller.ErrDigestMismatch) {
 		s.present = nil
+		s.prefix.Store(0)
 	}
 	s.broadcastLocked(err)
 	s.mu.Unlock()
@@ -164,7 +185,7 @@ func (s *stream) broadcastLocked(err error) {
 // fails or is interrupted, ctx is done or closed is closed.
 func (s *stream) wait(ctx context.Context, closed <-chan struct{}, start, end int64, verified bool) error {
 	for {
-		if s.done.Load() {
+		if s.readyFast(start, end, verified) {
 			return nil
 		}
 		s.mu.Lock()

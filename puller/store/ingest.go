@@ -253,28 +253,6 @@ func (w *ingestion) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// Subtract returns the parts of rs (sorted and disjoint) that are in none of
-// busy (in any order), sorted.
-func Subtract(rs []Range, busy []Range) []Range {
-	for _, b := range busy {
-		var out []Range
-		for _, r := range rs {
-			if b.End <= r.Start || b.Start >= r.End {
-				out = append(out, r)
-				continue
-			}
-			if r.Start < b.Start {
-				out = append(out, Range{r.Start, b.Start})
-			}
-			if b.End < r.End {
-				out = append(out, Range{b.End, r.End})
-			}
-		}
-		rs = out
-	}
-	return rs
-}
-
 // persist makes the data durable, then records its present ranges, so the
 // ranges file never names a byte that a crash could lose. The caller holds
 // life (shared or not) so that f stays open.

@@ -15,6 +15,28 @@ type Range struct {
 // Len is the number of bytes in r.
 func (r Range) Len() int64 { return r.End - r.Start }
 
+// Subtract returns the parts of rs (sorted and disjoint) that are in none of
+// busy (in any order), sorted.
+func Subtract(rs []Range, busy []Range) []Range {
+	for _, b := range busy {
+		var out []Range
+		for _, r := range rs {
+			if b.End <= r.Start || b.Start >= r.End {
+				out = append(out, r)
+				continue
+			}
+			if r.Start < b.Start {
+				out = append(out, Range{r.Start, b.Start})
+			}
+			if b.End < r.End {
+				out = append(out, Range{b.End, r.End})
+			}
+		}
+		rs = out
+	}
+	return rs
+}
+
 // ranges is a set of bytes as sorted, disjoint, non-adjacent ranges. The zero
 // value is empty. It is not safe for concurrent use.
 type ranges []Range

@@ -80,8 +80,9 @@ type Ingester interface {
 	Ingest(ctx context.Context, dgst v1.Hash, size int64) (Ingestion, error)
 }
 
-// Ingestion is one writer of one blob. WriteAt, Write, Offset and Missing are
-// safe for concurrent use (by several fetches of different ranges); Commit
+// Ingestion is the writing of one blob. WriteAt, Offset and Missing are safe
+// for concurrent use (by several fetches of different ranges); Write is for
+// one sequential writer (concurrent Writes would share its offset); Commit
 // and Abort wait for the writes in flight. Readers of the same blob are
 // independent of it.
 //
