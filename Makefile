@@ -6,7 +6,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Fuzz each target briefly in `make test`; `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: help build demo test unit fuzz e2e bench bench-burst clean
+.PHONY: help build demo test unit fuzz e2e bench bench-burst bench-lazy clean
 
 help:
 	@echo "make demo   build thaw and run the self-contained demo (no internet needed)"
@@ -14,6 +14,7 @@ help:
 	@echo "make e2e    as root: real containerd, runc and registry end-to-end tests"
 	@echo "make bench  the mirror benchmarks of README"
 	@echo "make bench-burst  as root: the peer network's burst benchmark of README"
+	@echo "make bench-lazy   as root: the lazy loading (eStargz) cold-start benchmark of README"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/thaw
@@ -57,6 +58,11 @@ e2e:
 bench-burst:
 	bash integration/e2e-deps.sh
 	THAW_BURST=1 $(GO) test -tags e2e -count=1 -run TestBurstBenchmark -v -timeout 60m ./integration/cluster/
+
+# The lazy loading cold-start benchmark of README (as root, several minutes).
+bench-lazy:
+	bash integration/e2e-deps.sh
+	THAW_LAZY_BENCH=1 $(GO) test -tags e2e -count=1 -run TestLazyBenchmark -v -timeout 60m ./integration/lazy/
 
 bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob|BenchmarkTailRangeOfAbsentBlob' -benchtime 5x ./puller/mirror

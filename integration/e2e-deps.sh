@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what thaw's end-to-end tests (integration/e2e, integration/cluster)
 # run: containerd (with ctr and the runc v2 shim), runc and docker-registry,
-# and for the multi-node harness iproute2 (ip, tc), util-linux (nsenter) and
-# iptables, from Debian's packages. Idempotent: installs only what is missing, and does nothing
+# for the multi-node harness iproute2 (ip, tc), util-linux (nsenter) and
+# iptables, and for lazy loading (integration/lazy) fuse3, from Debian's
+# packages. Idempotent: installs only what is missing, and does nothing
 # (not even apt-get update) when everything is there.
 #
 # The tests start their own containerd and registry; they do not use the
@@ -22,7 +23,7 @@ die() {
 command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
 	die "needs a Debian-based system with apt-get; install containerd (1.6 or later, with ctr), runc and docker-registry (CNCF distribution v2) yourself"
 
-packages=(containerd runc docker-registry iproute2 util-linux iptables)
+packages=(containerd runc docker-registry iproute2 util-linux iptables fuse3)
 
 installed() {
 	[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
@@ -41,8 +42,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The programs the tests run, from whichever package provides them.
-for bin in containerd ctr containerd-shim-runc-v2 runc docker-registry ip tc nsenter iptables; do
+for bin in containerd ctr containerd-shim-runc-v2 runc docker-registry ip tc nsenter iptables fusermount3; do
 	command -v "$bin" >/dev/null || die "$bin is not on PATH after installing ${packages[*]}"
 done
+
+# The stargz snapshotter mounts through /dev/fuse; load the module if the
+# device is missing (a container may not allow it, then the tests say so).
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/fuse ] || die "/dev/fuse is missing and modprobe fuse did not create it; the lazy loading tests need FUSE"
 
 echo "e2e-deps.sh: ready: $(containerd --version | awk '{print $1, $3}'), $(runc --version | head -n1), docker-registry $(docker-registry --version | awk '{print $NF}')"

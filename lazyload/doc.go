@@ -1,5 +1,6 @@
-// Package lazyload will hold eStargz conversion and the embedded stargz
-// snapshotter whose range reads go through the node mirror. Not built yet: see
-// the lazy loading issue. The mirror already serves single and multi-range
-// reads of complete and arriving blobs, which the snapshotter needs.
+// Package lazyload is thaw's lazy loading of eStargz images: its
+// sub-packages convert images to eStargz (convert) and embed the stargz
+// snapshotter, whose range reads go through the node mirror (snapshotter).
+// This package itself holds nothing; the mirror that serves the ranges is
+// puller/mirror.
 package lazyload

@@ -32,6 +32,8 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	pr := metrics.NewPredictor(reg)
 	pr.Predictions.WithLabelValues("hint").Inc()
 	pr.JobsIssued.WithLabelValues("manual").Inc()
+	l := metrics.NewLazyload(reg)
+	l.Mounts.WithLabelValues(metrics.MountOK).Inc()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -101,6 +101,11 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.StringVar(&cfg.Predict.ContainerdEvents, "containerd-events", "", "containerd socket whose container starts feed the predictor, e.g. /run/containerd/containerd.sock (default: none)")
 	f.Var(&predictBudget, "predict-budget", "disk this node offers to predicted content (default: the store quota)")
 
+	// Lazy loading.
+	f.StringVar(&cfg.Snapshotter.Socket, "snapshotter-socket", "", "serve the embedded stargz snapshotter on this unix socket, for containerd's proxy_plugins (empty: off)")
+	f.StringVar(&cfg.Snapshotter.Root, "snapshotter-root", "", "the snapshotter's snapshots, FUSE mounts and cache (default <data-dir>/stargz)")
+	f.StringVar(&cfg.Snapshotter.Mirror, "snapshotter-mirror", "", "URL the snapshotter sends its range reads to (default: this daemon's mirror)")
+
 	return cmd
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/thaw-dev/thaw/lazyload/snapshotter"
 	"github.com/thaw-dev/thaw/metrics"
 	"github.com/thaw-dev/thaw/predictor/live"
 	"github.com/thaw-dev/thaw/puller"
@@ -47,8 +48,9 @@ type nodeConfig struct {
 	Concurrency     int
 	Peer            peerConfig
 	Predict         predictConfig
-	// BackgroundRate bounds, in bytes per second for the node, the fill of
-	// blobs read by range (lazy loading); 0: unlimited.
+	Snapshotter     snapshotter.Config // off when Socket is empty
+	// BackgroundRate bounds, in bytes per second, the fill of blobs read
+	// by range (lazy loading); 0: unlimited.
 	BackgroundRate int64
 }
 
@@ -64,6 +66,7 @@ type node struct {
 	predict  *live.Service  // nil when prediction is off
 	removed  <-chan v1.Hash // blobs the store removed, to drop from the cluster
 	servers  []*server
+	lazy     *snapshotter.Service // nil unless --snapshotter-socket
 }
 
 type server struct {
@@ -157,14 +160,31 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		if err != nil {
 			n.closeListeners()
 			pn.cluster.Close()
+			if n.lazy != nil {
+				n.lazy.Close()
+			}
 		}
 	}(n)
 	mirrorLn, err := n.listen("mirror", "tcp", cfg.MirrorAddr, mir)
 	if err != nil {
 		return nil, err
 	}
+	var gatherer prometheus.Gatherer = reg
+	if cfg.Snapshotter.Socket != "" {
+		sc := cfg.Snapshotter
+		if sc.Root == "" {
+			sc.Root = filepath.Join(cfg.DataDir, "stargz")
+		}
+		if sc.Mirror == "" {
+			sc.Mirror = "http://" + mirrorLn.Addr().String()
+		}
+		if n.lazy, err = snapshotter.New(sc, metrics.NewLazyload(reg), log); err != nil {
+			return nil, err
+		}
+		gatherer = prometheus.Gatherers{reg, metrics.StargzGatherer()}
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{Registry: reg}))
 	if _, err := n.listen("metrics", "tcp", cfg.MetricsAddr, mux); err != nil {
 		return nil, err
 	}
@@ -263,6 +283,9 @@ func (n *node) Run(ctx context.Context) error {
 		if addr := n.cfg.Predict.ContainerdEvents; addr != "" {
 			g.Go(func() error { return live.WatchContainerd(gctx, addr, n.predict.Started, n.log) })
 		}
+	}
+	if n.lazy != nil {
+		g.Go(func() error { return n.lazy.Run(gctx) })
 	}
 	g.Go(func() error {
 		for {

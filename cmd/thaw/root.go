@@ -46,6 +46,7 @@ Start the daemon with 'thaw daemon'; the other commands talk to it.`,
 		newHintCmd(g),
 		newJobsCmd(g),
 		newActivityCmd(g),
+		newConvertCmd(),
 		newCertsCmd(),
 		newVersionCmd(),
 	)

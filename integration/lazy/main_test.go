@@ -1,0 +1,63 @@
+//go:build e2e
+
+package lazy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// thawBin is the thaw binary under test, set by TestMain.
+var thawBin string
+
+// requiredTools are the host programs the tests run; e2e-deps.sh installs them.
+var requiredTools = []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2", "docker-registry", "ip", "tc", "nsenter", "ldd"}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "lazy: these tests start containerd, mount FUSE and create network namespaces, so they need root")
+		return 1
+	}
+	var missing []string
+	for _, tool := range requiredTools {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		missing = append(missing, "/dev/fuse")
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(os.Stderr, "lazy: missing %s; install them with integration/e2e-deps.sh\n", strings.Join(missing, ", "))
+		return 1
+	}
+	removeLeftovers()
+	binDir, err := os.MkdirTemp("", "thaw-lazy-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lazy:", err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	if thawBin = os.Getenv("THAW_E2E_BIN"); thawBin == "" {
+		thawBin = filepath.Join(binDir, "thaw")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", thawBin, "github.com/thaw-dev/thaw/cmd/thaw")
+		cmd.Env = append(os.Environ(), "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "lazy: build thaw: %v\n%s", err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
