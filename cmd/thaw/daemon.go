@@ -79,6 +79,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.DurationVar(&cfg.Resolver.TTL, "tag-ttl", cfg.Resolver.TTL, "how long a resolved tag is trusted before asking the registry again")
 	f.BoolVar(&cfg.Resolver.ServeStale, "serve-stale-tags", cfg.Resolver.ServeStale, "answer with the last known digest when the registry is unreachable")
 	f.IntVar(&cfg.Concurrency, "prefetch-concurrency", 3, "blobs fetched at once by a prefetch")
+	f.DurationVar(&cfg.BackgroundQuiet, "background-quiet", fetch.DefaultConfig().DemandQuiet, "the fill of blobs read by range waits until range reads have been quiet this long, so start-up reads have the link to themselves; 0: it does not wait")
 	f.Var(&backgroundRate, "background-rate", "bytes per second the node spends filling in blobs read by range (lazy loading) beyond the ranges asked for, all blobs together, e.g. 32MiB; 0: unlimited")
 
 	// The peer network.

@@ -52,6 +52,9 @@ type nodeConfig struct {
 	// BackgroundRate bounds, in bytes per second, the fill of blobs read
 	// by range (lazy loading); 0: unlimited.
 	BackgroundRate int64
+	// BackgroundQuiet: the fill waits until range reads have been quiet
+	// this long; 0: it does not wait.
+	BackgroundQuiet time.Duration
 }
 
 // node is one wired daemon: store, upstream, fetcher, mirror, API, metrics.
@@ -134,7 +137,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		return nil, err
 	}
 	fcfg := fetch.DefaultConfig()
-	fcfg.BackgroundRate = cfg.BackgroundRate
+	fcfg.BackgroundRate, fcfg.DemandQuiet = cfg.BackgroundRate, cfg.BackgroundQuiet
 	var source puller.Source = up
 	if pn.swarm != nil {
 		// Blobs come through the peer network, which counts its bytes by

@@ -56,15 +56,24 @@ type Config struct {
 	// reader asked for. 0: unlimited. A whole-blob reader (Open, Ensure)
 	// frees that blob from it.
 	BackgroundRate int64
+	// DemandQuiet makes the background fill yield to readers: it waits
+	// until no range request for a reader has been in flight for this long
+	// (a container starting reads its start-up files in bursts), at most
+	// MaxYield at a time, so that it still progresses under constant
+	// reading. 0: the fill does not yield.
+	DemandQuiet time.Duration
+	MaxYield    time.Duration
 }
 
 // DefaultConfig: a stream idle for 30 s is cut; three resumptions, 200 ms apart
 // at first.
 // Lazily opened blobs: 1 MiB chunks, requests of up to 4 MiB, 4 in flight,
-// the rest filled in at 32 MiB/s.
+// the rest filled in at 32 MiB/s once readers have been quiet for 1 s
+// (yielding at most 10 s at a time).
 func DefaultConfig() Config {
 	return Config{IdleTimeout: 30 * time.Second, Retries: 3, RetryBackoff: 200 * time.Millisecond, SourceName: metrics.SourceUpstream, CountBytes: true, ManifestTimeout: 30 * time.Second,
-		ChunkSize: 1 << 20, MaxRangeRequest: 4 << 20, RangeConcurrency: 4, BackgroundRate: 32 << 20}
+		ChunkSize: 1 << 20, MaxRangeRequest: 4 << 20, RangeConcurrency: 4, BackgroundRate: 32 << 20,
+		DemandQuiet: time.Second, MaxYield: 10 * time.Second}
 }
 
 // Validate reports a configuration that cannot work.
@@ -72,6 +81,9 @@ func (c Config) Validate() error {
 	if c.IdleTimeout <= 0 || c.ManifestTimeout <= 0 || c.Retries < 0 || c.RetryBackoff < 0 || c.SourceName == "" {
 		return fmt.Errorf("fetch: idle and manifest timeouts must be > 0, retries and backoff >= 0, source name set (got idle %s, manifest %s, retries %d, backoff %s, source %q)",
 			c.IdleTimeout, c.ManifestTimeout, c.Retries, c.RetryBackoff, c.SourceName)
+	}
+	if c.DemandQuiet < 0 || c.MaxYield < 0 {
+		return fmt.Errorf("fetch: demand quiet %s and max yield %s must not be negative", c.DemandQuiet, c.MaxYield)
 	}
 	if c.ChunkSize < 0 || c.MaxRangeRequest < 0 || c.MaxRangeRequest > 0 && c.MaxRangeRequest < c.ChunkSize || c.RangeConcurrency < 0 || c.BackgroundRate < 0 {
 		return fmt.Errorf("fetch: chunk size, max range request (at least the chunk size), range concurrency and background rate must not be negative; 0 means the default (got chunk %d, max request %d, concurrency %d, rate %d)",
@@ -100,6 +112,9 @@ type Fetcher struct {
 	// background paces the fills of lazily opened blobs, all together;
 	// nil: unlimited.
 	background *rate.Limiter
+	// demand tracks the range requests for readers, for the fill to yield
+	// to (Config.DemandQuiet).
+	demand demandTracker
 
 	mu     sync.Mutex
 	active map[v1.Hash]*fetch

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -89,11 +90,63 @@ func (r *ranged) unlimit() {
 	r.mu.Unlock()
 }
 
-// pace waits until the background rate allows n more bytes, or the fill is
-// freed from it.
+// demandTracker knows when readers last had range requests in flight.
+type demandTracker struct {
+	inFlight atomic.Int64
+	last     atomic.Int64 // unix nanoseconds of the last request's end
+}
+
+func (d *demandTracker) begin() { d.inFlight.Add(1) }
+
+func (d *demandTracker) end(now time.Time) {
+	d.last.Store(now.UnixNano())
+	d.inFlight.Add(-1)
+}
+
+// quietIn is how long until readers will have been quiet for quiet: 0 when
+// they have.
+func (d *demandTracker) quietIn(now time.Time, quiet time.Duration) time.Duration {
+	if d.inFlight.Load() > 0 {
+		return quiet
+	}
+	return max(0, time.Unix(0, d.last.Load()).Add(quiet).Sub(now))
+}
+
+// yield waits, for a paced fill, until readers have been quiet for
+// Config.DemandQuiet, at most Config.MaxYield.
+func (r *ranged) yield(ctx context.Context) error {
+	quiet := r.f.cfg.DemandQuiet
+	if quiet == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(r.f.cfg.MaxYield)
+	for {
+		now := time.Now()
+		wait := min(r.f.demand.quietIn(now, quiet), deadline.Sub(now))
+		if wait <= 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.lifted:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("blob %s: yielding to readers: %w", r.dgst, context.Cause(ctx))
+		}
+	}
+}
+
+// pace waits until readers are quiet (yield) and the background rate
+// allows n more bytes, or the fill is freed from both.
 func (r *ranged) pace(ctx context.Context, n int) error {
 	if !r.paced() {
 		return nil
+	}
+	if err := r.yield(ctx); err != nil {
+		return err
 	}
 	res := r.f.background.ReserveN(time.Now(), n)
 	if !res.OK() {
@@ -328,6 +381,8 @@ func (r *ranged) fetchPiece(piece store.Range) {
 		return
 	}
 	defer func() { <-f.rangeSlots }()
+	f.demand.begin()
+	defer func() { f.demand.end(time.Now()) }()
 	begin := time.Now()
 	backoff := f.cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {

@@ -462,3 +462,43 @@ func TestLazySlowFillIsNotIdle(t *testing.T) {
 		t.Errorf("thaw_upstream_errors_total = %v, want 0", got)
 	}
 }
+
+// TestLazyFillYieldsToReaders: while readers fetch ranges, the background
+// fill waits (Config.DemandQuiet), so start-up reads have the link to
+// themselves; a whole-blob reader lifts the wait and the blob completes.
+func TestLazyFillYieldsToReaders(t *testing.T) {
+	o := newRangeOrigin(t)
+	const size = 16 * mib
+	data, dgst := o.push(t, 7, size)
+	cfg := fetch.DefaultConfig()
+	cfg.BackgroundRate = 1 << 30 // not what holds the fill back here
+	cfg.DemandQuiet, cfg.MaxYield = time.Hour, time.Hour
+	e := newEnv(t, cfg, nil, newUpstream(t), nil)
+
+	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tail := make([]byte, 100)
+	if _, err := b.ReadAt(tail, size-100); err != nil || !bytes.Equal(tail, data[size-100:]) {
+		t.Fatalf("ReadAt(tail): %v", err)
+	}
+	background := func() float64 {
+		return metricstest.Sum(t, e.reg, "thaw_lazy_fetched_bytes_total", map[string]string{"kind": "background"})
+	}
+	before := background()
+	// Unyielding, the fill would bring the other 15 MiB in milliseconds
+	// at this rate; yielding, at most the chunk it had under way.
+	time.Sleep(300 * time.Millisecond)
+	if grew := background() - before; grew > mib {
+		t.Fatalf("the fill fetched %v bytes while a reader had just read; want it to wait", grew)
+	}
+	if cached, err := e.fetcher.Ensure(t.Context(), o.repo, dgst); cached || err != nil {
+		t.Fatalf("Ensure = %v, %v", cached, err)
+	}
+	storetest.ReadAll(t, b)
+	if served := o.served.Load(); served != size {
+		t.Errorf("origin served %d bytes for a %d-byte blob; want each byte once", served, size)
+	}
+}
