@@ -144,6 +144,9 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		// origin (peer, upstream) and tells the cluster what is complete.
 		source = pn.swarm
 		fcfg.SourceName, fcfg.CountBytes, fcfg.OnCommit = "cluster", false, pn.swarm.OnCommit
+		// The peer network serves whole blobs: the ranges lazy readers
+		// wait for come from the origin, the rest through the peers.
+		fcfg.Ranges = up
 	}
 	f, err := fetch.New(fcfg, st, source, up, m, log)
 	if err != nil {

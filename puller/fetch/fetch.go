@@ -63,6 +63,11 @@ type Config struct {
 	// reading. 0: the fill does not yield.
 	DemandQuiet time.Duration
 	MaxYield    time.Duration
+	// Ranges, when the Source serves no ranges itself (the peer network),
+	// is where readers' range requests go (the origin registry), while the
+	// fill and whole-blob readers still take the blob from the Source. Its
+	// bytes are counted as upstream bytes in thaw_fetched_bytes_total.
+	Ranges puller.RangeSource
 }
 
 // DefaultConfig: a stream idle for 30 s is cut; three resumptions, 200 ms apart
@@ -94,13 +99,16 @@ func (c Config) Validate() error {
 
 // Fetcher opens blobs and manifests from the store, fetching what is missing.
 type Fetcher struct {
-	cfg       Config
-	store     store.ContentStore
-	source    puller.Source
-	ranges    puller.RangeSource // source, if it serves ranges
-	manifests puller.ManifestSource
-	metrics   *metrics.Puller
-	log       *slog.Logger
+	cfg    Config
+	store  store.ContentStore
+	source puller.Source
+	ranges puller.RangeSource // source, if it serves ranges, else Config.Ranges
+	// fillRanges: the source itself serves ranges, so the fill asks for
+	// chunks; otherwise it streams from the source.
+	fillRanges bool
+	manifests  puller.ManifestSource
+	metrics    *metrics.Puller
+	log        *slog.Logger
 
 	// base is the context of every detached fetch; Close cancels it.
 	base   context.Context
@@ -144,9 +152,12 @@ func New(cfg Config, st store.ContentStore, src puller.Source, manifests puller.
 	cfg.MaxRangeRequest = cmp.Or(cfg.MaxRangeRequest, max(def.MaxRangeRequest, cfg.ChunkSize))
 	cfg.RangeConcurrency = cmp.Or(cfg.RangeConcurrency, def.RangeConcurrency)
 	base, cancel := context.WithCancel(context.Background())
-	rs, _ := src.(puller.RangeSource)
+	rs, fillRanges := src.(puller.RangeSource)
+	if !fillRanges && cfg.Ranges != nil {
+		rs = cfg.Ranges
+	}
 	return &Fetcher{
-		cfg: cfg, store: st, source: src, ranges: rs, manifests: manifests, metrics: m, log: log,
+		cfg: cfg, store: st, source: src, ranges: rs, fillRanges: fillRanges, manifests: manifests, metrics: m, log: log,
 		base: base, cancel: cancel, active: map[v1.Hash]*fetch{}, rangeSlots: make(chan struct{}, cfg.RangeConcurrency),
 		background: newBackgroundLimiter(cfg),
 	}, nil
@@ -449,7 +460,7 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 	paced := false
 	var own store.Range // the fill's claim while paced
 	if body == nil {
-		if ft.paced() && ft.rangesUsable() {
+		if ft.paced() && ft.fillRangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
 			// Waiting for the rate is not the source stalling.
 			at.idle.Stop()

@@ -243,7 +243,11 @@ func (r *ranged) fail(err error) {
 // the fill add to.
 func (r *ranged) counters(demand bool) []prometheus.Counter {
 	var cs []prometheus.Counter
-	if r.f.cfg.CountBytes {
+	switch {
+	case demand && !r.f.fillRanges:
+		// Readers' ranges from Config.Ranges: the origin.
+		cs = append(cs, r.f.metrics.FetchedBytes.WithLabelValues(metrics.SourceUpstream))
+	case r.f.cfg.CountBytes:
 		cs = append(cs, r.f.metrics.FetchedBytes.WithLabelValues(r.f.cfg.SourceName))
 	}
 	switch {
@@ -262,12 +266,17 @@ func (r *ranged) rangesUsable() bool {
 	return r.f.ranges != nil && !r.noRanges
 }
 
+// fillRangesUsable reports whether the fill asks the source for ranges.
+func (r *ranged) fillRangesUsable() bool {
+	return r.f.fillRanges && r.rangesUsable()
+}
+
 // open opens the source for the fill at the hole's start: a closed range
 // from a range source, else the stream to the blob's end (the fill stops
 // reading at the hole's end).
 func (r *ranged) open(ctx context.Context, hole store.Range) (io.ReadCloser, error) {
 	f := r.f
-	if r.rangesUsable() {
+	if r.fillRangesUsable() {
 		body, err := f.ranges.FetchRange(ctx, r.repo, r.dgst, hole.Start, hole.Len())
 		if !errors.Is(err, puller.ErrNoRanges) {
 			return body, err

@@ -2,8 +2,10 @@ package fetch_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -500,5 +502,61 @@ func TestLazyFillYieldsToReaders(t *testing.T) {
 	storetest.ReadAll(t, b)
 	if served := o.served.Load(); served != size {
 		t.Errorf("origin served %d bytes for a %d-byte blob; want each byte once", served, size)
+	}
+}
+
+// streamOnly hides a Source's ranges, as the peer network's Source does.
+type streamOnly struct {
+	puller.Source
+	calls atomic.Int64
+}
+
+func (s *streamOnly) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.Hash, offset int64) (io.ReadCloser, int64, error) {
+	s.calls.Add(1)
+	return s.Source.FetchBlob(ctx, repo, dgst, offset)
+}
+
+// TestLazyRangesBesideASequentialSource: with a Source that serves no
+// ranges (the peer network) and Config.Ranges (the origin), a reader's
+// range comes by a range request at once, and the rest of the blob through
+// the Source's stream; each byte is fetched once, and the range's bytes
+// count as upstream bytes.
+func TestLazyRangesBesideASequentialSource(t *testing.T) {
+	o := newRangeOrigin(t)
+	const size = 8 * mib
+	data, dgst := o.push(t, 8, size)
+	up := newUpstream(t)
+	src := &streamOnly{Source: up}
+	cfg := slowConfig()
+	cfg.CountBytes, cfg.SourceName, cfg.Ranges = false, "cluster", up
+	e := newEnv(t, cfg, nil, src, nil)
+
+	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tail := make([]byte, 10)
+	if _, err := b.ReadAt(tail, size-10); err != nil || !bytes.Equal(tail, data[size-10:]) {
+		t.Fatalf("ReadAt(tail): %v", err)
+	}
+	tailRange := fmt.Sprintf("bytes=%d-%d", size-mib, size-1)
+	if !slicesContains(o.seen(), tailRange) {
+		t.Fatalf("origin saw %v, want the tail's chunk by range", o.seen())
+	}
+	if cached, err := e.fetcher.Ensure(t.Context(), o.repo, dgst); cached || err != nil {
+		t.Fatalf("Ensure = %v, %v", cached, err)
+	}
+	storetest.ReadAll(t, b)
+	if src.calls.Load() == 0 {
+		t.Error("the rest of the blob did not come through the Source")
+	}
+	for _, r := range o.seen() {
+		if r != "" && r != tailRange {
+			t.Errorf("origin saw range %q: only the reader's range goes by range request, the rest streams", r)
+		}
+	}
+	if got := metricstest.Sum(t, e.reg, "thaw_fetched_bytes_total", map[string]string{"source": "upstream"}); got != mib {
+		t.Errorf("upstream bytes counted %v, want the range's %d (the Source counts its own)", got, mib)
 	}
 }
