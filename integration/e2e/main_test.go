@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // Binaries every test uses, set by TestMain.
@@ -33,13 +35,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: these tests start containerd and run containers, so they need root (sudo go test -tags e2e ./integration/e2e/)")
 		return 1
 	}
-	var missing []string
-	for _, tool := range requiredTools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := testenv.Missing(requiredTools...); len(missing) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: missing %s on PATH; install them with integration/e2e-deps.sh\n", strings.Join(missing, ", "))
 		return 1
 	}
@@ -53,14 +49,9 @@ func run(m *testing.M) int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if thawBin = os.Getenv("THAW_E2E_BIN"); thawBin == "" {
-		thawBin = filepath.Join(binDir, "thaw")
-		// The test runs in integration/e2e; the package path works from
-		// anywhere inside the module.
-		if err := goBuild(ctx, "", thawBin, "github.com/thaw-dev/thaw/cmd/thaw"); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: build thaw:", err)
-			return 1
-		}
+	if thawBin, err = testenv.BuildThaw(ctx, binDir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
 	}
 	if helloBin, err = buildHello(ctx, binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: build the test image's entrypoint:", err)

@@ -5,14 +5,14 @@ package e2e
 import (
 	"bytes"
 	"errors"
-	"github.com/thaw-dev/thaw/integration/testenv"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // The process helpers shared with the other end-to-end package.
@@ -27,17 +27,6 @@ var (
 // startProcess starts a service; see testenv.Start.
 func startProcess(t *testing.T, dir, name string, env []string, bin string, args ...string) *process {
 	return testenv.Start(t, dir, name, "", env, bin, args...)
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // shortTempDir is a temporary directory with a short path, for unix sockets

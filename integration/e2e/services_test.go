@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // httpClient makes the tests' own HTTP calls. It keeps no idle connections,
@@ -60,7 +62,7 @@ func startRegistry(t *testing.T) *registry {
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -269,8 +271,8 @@ func startThaw(t *testing.T, insecureRegistry string, extra ...string) *thawDaem
 	d := &thawDaemon{
 		dataDir:     filepath.Join(dir, "data"),
 		api:         filepath.Join(shortTempDir(t), "thaw.sock"),
-		mirrorAddr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		metricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		mirrorAddr:  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		metricsAddr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 	}
 	dockerConfig := filepath.Join(dir, "docker-config") // no credentials
 	if err := os.MkdirAll(dockerConfig, 0o755); err != nil {

@@ -173,16 +173,6 @@ func get(url string) error {
 	return nil
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // shortDir is a temporary directory with a short path, for unix sockets.
 func shortDir(t *testing.T) string {
 	t.Helper()
@@ -210,8 +200,8 @@ func startThaw(t *testing.T, dataDir, socket, reg string, extra ...string) *thaw
 		dir:     t.TempDir(),
 		dataDir: dataDir,
 		api:     filepath.Join(shortDir(t), "thaw.sock"),
-		mirror:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		mirror:  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		socket:  socket,
 	}
 	d.args = append([]string{"daemon", "--data-dir", d.dataDir, "--api", d.api,

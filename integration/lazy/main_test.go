@@ -6,11 +6,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // thawBin is the thaw binary under test, set by TestMain.
@@ -28,16 +28,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "lazy: these tests start containerd, mount FUSE and create network namespaces, so they need root")
 		return 1
 	}
-	var missing []string
-	for _, tool := range requiredTools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		missing = append(missing, "/dev/fuse")
-	}
-	if len(missing) > 0 {
+	if missing := testenv.Missing(append(requiredTools, "/dev/fuse")...); len(missing) > 0 {
 		fmt.Fprintf(os.Stderr, "lazy: missing %s; install them with integration/e2e-deps.sh\n", strings.Join(missing, ", "))
 		return 1
 	}
@@ -48,16 +39,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(binDir)
-	if thawBin = os.Getenv("THAW_E2E_BIN"); thawBin == "" {
-		thawBin = filepath.Join(binDir, "thaw")
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", thawBin, "github.com/thaw-dev/thaw/cmd/thaw")
-		cmd.Env = append(os.Environ(), "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "lazy: build thaw: %v\n%s", err, out)
-			return 1
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if thawBin, err = testenv.BuildThaw(ctx, binDir); err != nil {
+		fmt.Fprintln(os.Stderr, "lazy:", err)
+		return 1
 	}
 	return m.Run()
 }

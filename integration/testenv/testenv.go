@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -176,4 +177,48 @@ func CleanEnv(extra ...string) []string {
 		}
 	}
 	return append(env, extra...)
+}
+
+// Missing returns which of the host programs (looked up on PATH) and files
+// (absolute paths) the tests need are not there.
+func Missing(needs ...string) []string {
+	var out []string
+	for _, n := range needs {
+		var err error
+		if filepath.IsAbs(n) {
+			_, err = os.Stat(n)
+		} else {
+			_, err = exec.LookPath(n)
+		}
+		if err != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// BuildThaw returns the thaw binary the tests run: $THAW_E2E_BIN if set,
+// else one built from this module into dir.
+func BuildThaw(ctx context.Context, dir string) (string, error) {
+	if bin := os.Getenv("THAW_E2E_BIN"); bin != "" {
+		return bin, nil
+	}
+	bin := filepath.Join(dir, "thaw")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/thaw-dev/thaw/cmd/thaw")
+	cmd.Env = append(os.Environ(), "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build thaw: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
