@@ -40,7 +40,8 @@ type peerState struct {
 	id       p2p.NodeID
 	addr     string
 	seeder   bool
-	have     []byte
+	have     []byte // pieces it serves whole
+	part     []byte // pieces it serves while they arrive
 	version  int
 	trusted  bool
 	inflight int
@@ -372,7 +373,7 @@ func (d *downloader) watch(p *peerState) {
 			d.s.log.Warn("peers disagree on a piece digest", "peer", p.id, "piece", i)
 		}
 		d.mu.Lock()
-		p.have, p.version, p.trusted, p.fails = b.Have, b.Version, b.Trusted, 0
+		p.have, p.part, p.version, p.trusted, p.fails = b.Have, b.Part, b.Version, b.Trusted, 0
 		d.mu.Unlock()
 		d.poke()
 	}
@@ -398,7 +399,9 @@ func (d *downloader) schedule() {
 // pickLocked chooses the next piece and holder: the piece the reader waits
 // for first, then the rarest in the window; from a holder other than the
 // seeder when one has it (the seeder's uplink is for pieces nobody else
-// has), the least loaded one.
+// has), one that has it whole rather than arriving, the least loaded one.
+// A piece whose digest is not known yet may be taken (from a peer that has
+// it arriving from the seeder); it is verified once the digest comes.
 func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
 	limit := min(d.next+d.s.cfg.Window, d.l.n)
 	bestI, bestRarity := -1, 0
@@ -406,7 +409,7 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
 	d.l.mu.Lock()
 	defer d.l.mu.Unlock()
 	for i := d.next; i < limit; i++ {
-		if d.l.have[i] || d.l.hashes[i] == "" {
+		if d.l.have[i] {
 			continue
 		}
 		if _, busy := d.inflight[i]; busy {
@@ -415,14 +418,14 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
 		var choice *peerState
 		rarity := 0
 		for _, p := range d.peers {
-			if !has(p.have, i) {
+			if !has(p.have, i) && !has(p.part, i) {
 				continue
 			}
 			rarity++
 			if p.inflight >= perPeer || now.Before(p.busy[i]) {
 				continue
 			}
-			if choice == nil || better(p, choice) {
+			if choice == nil || better(p, choice, i) {
 				choice = p
 			}
 		}
@@ -440,9 +443,12 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
 }
 
 // better reports whether holder a is a better source than b.
-func better(a, b *peerState) bool {
+func better(a, b *peerState, i int) bool {
 	if a.seeder != b.seeder {
 		return !a.seeder
+	}
+	if wa, wb := has(a.have, i), has(b.have, i); wa != wb {
+		return wa
 	}
 	if a.inflight != b.inflight {
 		return a.inflight < b.inflight
@@ -450,18 +456,17 @@ func better(a, b *peerState) bool {
 	return rand.IntN(2) == 0
 }
 
-// fetch gets piece i from p and verifies it.
+// fetch gets piece i from p, offering its bytes to peers as they arrive,
+// and verifies it.
 func (d *downloader) fetch(i int, p *peerState, addr string) {
 	defer d.wg.Done()
 	start := time.Now()
-	want := d.l.hash(i)
-	data, err := d.s.getPiece(d.ctx, addr, d.dgst, i, d.l.pieceLen(i))
+	pt := newPart(d.l.pieceLen(i))
+	err := d.s.getPiece(d.ctx, addr, d.dgst, i, pt, func() { d.l.offerPart(i, pt) })
 	if err == nil {
-		sum := sha256.Sum256(data)
-		if hex.EncodeToString(sum[:]) != want {
-			err = fmt.Errorf("piece %d of %s from %s: %w", i, d.dgst, p.id, errBadPiece)
-		}
+		err = d.verify(i, pt.buf, p.id)
 	}
+	data := pt.buf
 	result := "ok"
 	d.mu.Lock()
 	delete(d.inflight, i)
@@ -487,9 +492,14 @@ func (d *downloader) fetch(i int, p *peerState, addr string) {
 	}
 	d.mu.Unlock()
 	d.s.metrics.PieceDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	if err == nil {
+		d.l.hold(i, data)
+	} else {
+		d.l.dropPart(i, pt)
+	}
+	pt.finish(err == nil)
 	switch {
 	case err == nil:
-		d.l.hold(i, data)
 		d.s.fetched.WithLabelValues(metrics.SourcePeer).Add(float64(len(data)))
 	case errors.Is(err, errBadPiece):
 		d.s.log.Warn("peer sent a bad piece; avoiding it", "peer", p.id, "piece", i, "digest", d.dgst.String())
@@ -498,6 +508,22 @@ func (d *downloader) fetch(i int, p *peerState, addr string) {
 		d.s.log.Debug("piece fetch failed", "peer", p.id, "piece", i, "err", err)
 	}
 	d.poke()
+}
+
+// verify checks piece i's bytes against its digest, waiting up to
+// StallTimeout for the digest if the piece came before it.
+func (d *downloader) verify(i int, data []byte, from p2p.NodeID) error {
+	ctx, cancel := context.WithTimeout(d.ctx, d.s.cfg.StallTimeout)
+	defer cancel()
+	want := d.l.waitHash(i, ctx.Done())
+	if want == "" {
+		return fmt.Errorf("piece %d of %s from %s: no digest came for it", i, d.dgst, from)
+	}
+	sum := sha256.Sum256(data)
+	if hex.EncodeToString(sum[:]) != want {
+		return fmt.Errorf("piece %d of %s from %s: %w", i, d.dgst, from, errBadPiece)
+	}
+	return nil
 }
 
 func (s *Swarm) avoided(id p2p.NodeID) bool {
@@ -521,20 +547,22 @@ func (s *Swarm) avoidPeer(id p2p.NodeID) {
 // errStalled: a piece request delivered no byte for StallTimeout.
 var errStalled = errors.New("peer stalled")
 
-// getPiece fetches piece i of dgst from the peer at addr.
-func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, size int64) ([]byte, error) {
+// getPiece fetches piece i of dgst from the peer at addr into pt, calling
+// offer once the peer answered with the piece's bytes to come.
+func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, pt *part, offer func()) error {
+	size := int64(len(pt.buf))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stall := time.AfterFunc(s.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/p2p/v1/blobs/"+dgst.String()+"/pieces/"+strconv.Itoa(i), nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set(PeerHeader, string(s.coord.Self().ID))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, causeOr(ctx, err)
+		return causeOr(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -545,37 +573,38 @@ func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, 
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusServiceUnavailable, http.StatusNotFound:
-		return nil, fmt.Errorf("piece %d: %s: %w", i, resp.Status, errBusy)
+		return fmt.Errorf("piece %d: %s: %w", i, resp.Status, errBusy)
 	default:
-		return nil, fmt.Errorf("piece %d: %s", i, resp.Status)
+		return fmt.Errorf("piece %d: %s", i, resp.Status)
 	}
 	if resp.ContentLength != size {
-		return nil, fmt.Errorf("piece %d: %d bytes announced, want %d", i, resp.ContentLength, size)
+		return fmt.Errorf("piece %d: %d bytes announced, want %d", i, resp.ContentLength, size)
 	}
-	data := make([]byte, size)
+	offer()
 	var got int64
 	for got < size {
-		n, err := resp.Body.Read(data[got:min(got+chunk, size)])
+		n, err := resp.Body.Read(pt.buf[got:min(got+chunk, size)])
 		if n > 0 {
 			stall.Reset(s.cfg.StallTimeout)
 			if s.downLimit != nil {
 				if err := s.downLimit.WaitN(ctx, n); err != nil {
-					return nil, causeOr(ctx, err)
+					return causeOr(ctx, err)
 				}
 			}
 			got += int64(n)
+			pt.advance(n)
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, causeOr(ctx, err)
+			return causeOr(ctx, err)
 		}
 	}
 	if got != size {
-		return nil, fmt.Errorf("piece %d: got %d of %d bytes", i, got, size)
+		return fmt.Errorf("piece %d: got %d of %d bytes", i, got, size)
 	}
-	return data, nil
+	return nil
 }
 
 // getBitmap asks the peer at addr for its bitmap of dgst, newer than after.

@@ -173,6 +173,7 @@ func (s *Swarm) hashPrefix(ctx context.Context, dgst v1.Hash, l *local, start, o
 }
 
 func (s *Swarm) register(dgst v1.Hash, l *local) {
+	l.ration(s.cfg.SeedCopies, 2*s.cfg.StallTimeout)
 	s.mu.Lock()
 	s.blobs[dgst] = l
 	s.mu.Unlock()
@@ -200,8 +201,8 @@ func (s *Swarm) announce(dgst v1.Hash, size int64) {
 	}()
 }
 
-// seedReader passes the origin's bytes through, hashing each piece and
-// marking it served when it is whole.
+// seedReader passes the origin's bytes through, hashing each piece, offering
+// it to peers as it arrives and marking it served when it is whole.
 type seedReader struct {
 	s       *Swarm
 	dgst    v1.Hash
@@ -213,6 +214,7 @@ type seedReader struct {
 	piece   int   // index of the piece being read
 	inPiece int64 // bytes of it read so far
 	off     int64 // position in the blob
+	part    *part // the piece's bytes for peers, nil if it began before this stream
 }
 
 func (r *seedReader) Read(p []byte) (int, error) {
@@ -221,6 +223,13 @@ func (r *seedReader) Read(p []byte) (int, error) {
 	for data := p[:n]; len(data) > 0; {
 		want := r.l.pieceLen(r.piece) - r.inPiece
 		k := min(int64(len(data)), want)
+		if r.inPiece == 0 {
+			r.part = newPart(r.l.pieceLen(r.piece))
+			r.l.offerPart(r.piece, r.part)
+		}
+		if r.part != nil {
+			r.part.write(data[:k])
+		}
 		r.h.Write(data[:k])
 		r.inPiece += k
 		r.off += k
@@ -229,6 +238,10 @@ func (r *seedReader) Read(p []byte) (int, error) {
 			// The piece is whole in the caller's hands; the store will have it
 			// once the caller writes it, and piece reads wait for that.
 			r.l.complete(r.piece, hex.EncodeToString(r.h.Sum(nil)))
+			if r.part != nil {
+				r.part.finish(true)
+				r.part = nil
+			}
 			r.h.Reset()
 			r.piece++
 			r.inPiece = 0
@@ -243,6 +256,10 @@ func (r *seedReader) Read(p []byte) (int, error) {
 // Close ends the stream. A blob read to the end stays registered for peers
 // until the store commits it (Swarm.OnCommit); a broken one is forgotten.
 func (r *seedReader) Close() error {
+	if r.part != nil {
+		r.l.dropPart(r.piece, r.part)
+		r.part.finish(false)
+	}
 	if !r.eof {
 		r.s.unregister(r.dgst, r.l)
 	}
