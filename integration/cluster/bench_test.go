@@ -288,6 +288,9 @@ func (h *harness) burst(t *testing.T, cfg burstConfig, mode string, n int) *burs
 	r.seederDone = progress.upstreamReached(h.img.layerSize)
 	r.seeder, r.seederUpBefore = progress.seederUploads(h.img.layerSize)
 
+	if cfg.Logs != "" {
+		progress.write(t, filepath.Join(cfg.Logs, fmt.Sprintf("%s-N%d", mode, n), "progress.csv"))
+	}
 	// Free the disk for the next run; keep the logs.
 	stopAll(t, ds)
 	for _, d := range ds {
@@ -376,6 +379,28 @@ func (p *progress) run(ctx context.Context, start time.Time, every time.Duration
 			})
 		}
 		wg.Wait()
+	}
+}
+
+// write saves the samples as CSV (node, seconds, fetched, upstream,
+// uploaded bytes), for looking at a burst over time.
+func (p *progress) write(t *testing.T, path string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("node,seconds,fetched,upstream,uploaded\n")
+	for i, ss := range p.samples {
+		for _, s := range ss {
+			fmt.Fprintf(&b, "%s,%.2f,%d,%d,%d\n", p.ds[i].name, s.at.Seconds(), s.fetched, s.upstream, s.uploaded)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Errorf("progress: %v", err)
+		return
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Errorf("progress: %v", err)
 	}
 }
 
