@@ -44,6 +44,7 @@ type burstConfig struct {
 	Modes     []string
 	Results   string // where to write the report
 	Logs      string // if set, daemons' logs are copied there
+	AckPrio   bool   // THAW_BURST_ACKPRIO=1: ACKs ahead of data in every link's queue (a diagnostic)
 }
 
 func burstConfigFromEnv(t *testing.T) burstConfig {
@@ -84,6 +85,7 @@ func burstConfigFromEnv(t *testing.T) burstConfig {
 		c.Results = v
 	}
 	c.Logs = os.Getenv("THAW_BURST_LOGS")
+	c.AckPrio = os.Getenv("THAW_BURST_ACKPRIO") == "1"
 	return c
 }
 
@@ -127,7 +129,7 @@ func TestBurstBenchmark(t *testing.T) {
 	}
 	cfg := burstConfigFromEnv(t)
 	maxN := slices.Max(cfg.Nodes)
-	h := newHarness(t, harnessConfig{Nodes: maxN, Rate: cfg.Rate, ImageSize: cfg.Size})
+	h := newHarness(t, harnessConfig{Nodes: maxN, Rate: cfg.Rate, ImageSize: cfg.Size, AckPriority: cfg.AckPrio})
 	for _, n := range h.nw.nodes {
 		countSYNs(t, n, peerPort)
 	}
@@ -587,7 +589,11 @@ func burstReport(cfg burstConfig, h *harness, pieceSize int64, runs []*burstRun)
 	fmt.Fprintf(&b, "- thaw: %s.\n", thawRevision())
 	fmt.Fprintf(&b, "- Machine: %d cores (%s), Linux %s; every node is a `thaw daemon` process in its own network namespace on one bridge, the registry (docker-registry %s) in another.\n", runtime.NumCPU(), cpuModel(), kernelRelease(), registryVersion())
 	fmt.Fprintf(&b, "- Image: one uncompressed layer of random data, S = %d bytes (%s), plus a %d-byte config.\n", h.img.layerSize, mib(h.img.layerSize), h.img.sizes[h.img.blobs[0]])
-	fmt.Fprintf(&b, "- Links: B = %s each way on every link, registry's included (tc tbf, 50 ms FIFO, on both ends of every veth: ACKs queue behind bulk data on a saturated uplink); S/B = %.2f s.\n", fmtRate(cfg.Rate), unit.Seconds())
+	queue := "50 ms FIFO, on both ends of every veth: ACKs queue behind bulk data on a saturated uplink"
+	if cfg.AckPrio {
+		queue = "50 ms of queue, on both ends of every veth, with packets under 128 bytes (ACKs) ahead of bulk data (THAW_BURST_ACKPRIO=1, a diagnostic, not the benchmark's definition)"
+	}
+	fmt.Fprintf(&b, "- Links: B = %s each way on every link, registry's included (tc tbf, %s); S/B = %.2f s.\n", fmtRate(cfg.Rate), queue, unit.Seconds())
 	flags := "other swarm settings at the daemon's defaults"
 	if len(cfg.Flags) > 0 {
 		flags = "further daemon flags: `" + strings.Join(cfg.Flags, " ") + "`"
