@@ -25,8 +25,9 @@ type Config struct {
 	// keeps the seeder's uplink for pieces nobody else has.
 	SeedCopies int
 	// PieceUploads caps the uploads of one piece a node serves at once, so a
-	// piece spreads as a tree (each receiver serving the next ones) rather
-	// than every node waiting on its first holder's uplink together.
+	// piece spreads as a tree (each receiver serving the next ones, while the
+	// piece still arrives) rather than every node waiting on its first
+	// holder's uplink together.
 	PieceUploads int
 	// StallTimeout abandons a piece request that delivered no byte for this long.
 	StallTimeout time.Duration

@@ -482,7 +482,7 @@ func (d *downloader) endgameLocked(now time.Time) (int, *peerState, bool) {
 		if len(as) == 0 {
 			return -1, nil, false // not the endgame: a missing piece nobody serves yet
 		}
-		if len(as) > 1 || has(as[0].peer.have, i) || !bestPeerTime(bestPeer, as[0].start, oldest) {
+		if len(as) > 1 || has(as[0].peer.have, i) || (bestPeer != nil && !as[0].start.Before(oldest)) {
 			continue
 		}
 		var choice *peerState
@@ -499,12 +499,6 @@ func (d *downloader) endgameLocked(now time.Time) (int, *peerState, bool) {
 		}
 	}
 	return bestI, bestPeer, bestPeer != nil
-}
-
-// bestPeerTime reports whether a fetch started at start is older than the
-// best one found so far (none: any is).
-func bestPeerTime(best *peerState, start, oldest time.Time) bool {
-	return best == nil || start.Before(oldest)
 }
 
 // better reports whether holder a is a better source than b.
