@@ -107,7 +107,7 @@ func (s *Swarm) download(ctx context.Context, repo name.Repository, dgst v1.Hash
 	}
 	d.addHolders(st.Seeder, holders)
 	s.register(dgst, l)
-	s.announce(dgst, size)
+	s.announce(dgst, size, l)
 	s.metrics.Blobs.WithLabelValues("swarm").Inc()
 	d.wg.Add(1)
 	go d.run()

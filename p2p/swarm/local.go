@@ -31,6 +31,9 @@ type local struct {
 	lastAt  []time.Time    // seeder: when the last copy was allowed
 	copies  int            // seeder: copies of a piece it sends (Config.SeedCopies)
 	grace   time.Duration  // seeder: after this, a piece is offered again
+	// announced is closed once the cluster has been told this node brings
+	// the blob in (see Swarm.announce); never closed if it was not told.
+	announced chan struct{}
 }
 
 func newLocal(size, pieceSize int64, trusted, seeding bool) *local {
@@ -38,7 +41,7 @@ func newLocal(size, pieceSize int64, trusted, seeding bool) *local {
 	return &local{
 		size: size, pieceSize: pieceSize, n: n, trusted: trusted, seeding: seeding,
 		hashes: make([]string, n), have: make([]bool, n), mem: map[int][]byte{}, parts: map[int]*part{},
-		changed: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n), sending: make([]int, n),
+		changed: make(chan struct{}), announced: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n), sending: make([]int, n),
 	}
 }
 

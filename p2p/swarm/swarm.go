@@ -97,7 +97,8 @@ func (s *Swarm) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.Has
 // it after the store verified and committed the blob.
 func (s *Swarm) OnCommit(dgst v1.Hash, size int64) {
 	s.mu.Lock()
-	if l := s.blobs[dgst]; l != nil {
+	l := s.blobs[dgst]
+	if l != nil {
 		delete(s.blobs, dgst)
 		if l.committed() {
 			s.done.Add(dgst, l)
@@ -106,6 +107,16 @@ func (s *Swarm) OnCommit(dgst v1.Hash, size int64) {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CoordTimeout)
 	defer cancel()
+	if l != nil {
+		// The announcement that this node holds the blob in progress must
+		// not land after this one: it would turn the complete copy back
+		// into a partial one, and with no seeder left the others would
+		// take the blob from the origin again.
+		select {
+		case <-l.announced:
+		case <-ctx.Done():
+		}
+	}
 	if err := s.coord.Announce(ctx, dgst, size, true); err != nil {
 		s.log.Warn("announcing a complete blob", "digest", dgst.String(), "err", err)
 	}
@@ -143,7 +154,7 @@ func (s *Swarm) seed(ctx context.Context, repo name.Repository, dgst v1.Hash, of
 	}
 	r.piece, r.off = int(start/s.cfg.PieceSize), offset
 	s.register(dgst, l)
-	s.announce(dgst, size)
+	s.announce(dgst, size, l)
 	return r, size, nil
 }
 
@@ -190,9 +201,10 @@ func (s *Swarm) unregister(dgst v1.Hash, l *local) {
 }
 
 // announce tells the cluster, without holding up the stream, that this node
-// is bringing dgst in.
-func (s *Swarm) announce(dgst v1.Hash, size int64) {
+// is bringing dgst in; l.announced is closed once the cluster answered.
+func (s *Swarm) announce(dgst v1.Hash, size int64, l *local) {
 	go func() {
+		defer close(l.announced)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CoordTimeout)
 		defer cancel()
 		if err := s.coord.Announce(ctx, dgst, size, false); err != nil {
