@@ -95,6 +95,10 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.Var(&upRate, "upload-rate", "limit on bytes per second uploaded to peers, e.g. 50MB (default: none)")
 	f.Var(&downRate, "download-rate", "limit on bytes per second downloaded from peers (default: none)")
 	f.IntVar(&cfg.Peer.Swarm.MaxUploads, "max-uploads", cfg.Peer.Swarm.MaxUploads, "piece uploads served at once")
+	f.IntVar(&cfg.Peer.Swarm.Parallel, "piece-parallel", cfg.Peer.Swarm.Parallel, "pieces of one blob fetched from peers at once")
+	f.IntVar(&cfg.Peer.Swarm.Window, "piece-window", cfg.Peer.Swarm.Window, "pieces past the reader's position that may be fetched (and held in memory)")
+	f.IntVar(&cfg.Peer.Swarm.PieceUploads, "piece-uploads", cfg.Peer.Swarm.PieceUploads, "uploads of one piece served at once")
+	f.IntVar(&cfg.Peer.Swarm.SeedCopies, "seed-copies", cfg.Peer.Swarm.SeedCopies, "peers the seeder of a blob in flight sends each piece to")
 	f.Var(&pieceSize, "piece-size", "unit of peer transfer and verification (all nodes must agree)")
 
 	// Prediction and pre-distribution.

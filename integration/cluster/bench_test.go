@@ -44,6 +44,7 @@ type burstConfig struct {
 	Modes     []string
 	Results   string // where to write the report
 	Logs      string // if set, daemons' logs are copied there
+	AckPrio   bool   // THAW_BURST_ACKPRIO=1: ACKs ahead of data in every link's queue (a diagnostic)
 }
 
 func burstConfigFromEnv(t *testing.T) burstConfig {
@@ -84,6 +85,7 @@ func burstConfigFromEnv(t *testing.T) burstConfig {
 		c.Results = v
 	}
 	c.Logs = os.Getenv("THAW_BURST_LOGS")
+	c.AckPrio = os.Getenv("THAW_BURST_ACKPRIO") == "1"
 	return c
 }
 
@@ -127,7 +129,7 @@ func TestBurstBenchmark(t *testing.T) {
 	}
 	cfg := burstConfigFromEnv(t)
 	maxN := slices.Max(cfg.Nodes)
-	h := newHarness(t, harnessConfig{Nodes: maxN, Rate: cfg.Rate, ImageSize: cfg.Size})
+	h := newHarness(t, harnessConfig{Nodes: maxN, Rate: cfg.Rate, ImageSize: cfg.Size, AckPriority: cfg.AckPrio})
 	for _, n := range h.nw.nodes {
 		countSYNs(t, n, peerPort)
 	}
@@ -288,6 +290,9 @@ func (h *harness) burst(t *testing.T, cfg burstConfig, mode string, n int) *burs
 	r.seederDone = progress.upstreamReached(h.img.layerSize)
 	r.seeder, r.seederUpBefore = progress.seederUploads(h.img.layerSize)
 
+	if cfg.Logs != "" {
+		progress.write(t, filepath.Join(cfg.Logs, fmt.Sprintf("%s-N%d", mode, n), "progress.csv"))
+	}
 	// Free the disk for the next run; keep the logs.
 	stopAll(t, ds)
 	for _, d := range ds {
@@ -376,6 +381,28 @@ func (p *progress) run(ctx context.Context, start time.Time, every time.Duration
 			})
 		}
 		wg.Wait()
+	}
+}
+
+// write saves the samples as CSV (node, seconds, fetched, upstream,
+// uploaded bytes), for looking at a burst over time.
+func (p *progress) write(t *testing.T, path string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("node,seconds,fetched,upstream,uploaded\n")
+	for i, ss := range p.samples {
+		for _, s := range ss {
+			fmt.Fprintf(&b, "%s,%.2f,%d,%d,%d\n", p.ds[i].name, s.at.Seconds(), s.fetched, s.upstream, s.uploaded)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Errorf("progress: %v", err)
+		return
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Errorf("progress: %v", err)
 	}
 }
 
@@ -562,7 +589,11 @@ func burstReport(cfg burstConfig, h *harness, pieceSize int64, runs []*burstRun)
 	fmt.Fprintf(&b, "- thaw: %s.\n", thawRevision())
 	fmt.Fprintf(&b, "- Machine: %d cores (%s), Linux %s; every node is a `thaw daemon` process in its own network namespace on one bridge, the registry (docker-registry %s) in another.\n", runtime.NumCPU(), cpuModel(), kernelRelease(), registryVersion())
 	fmt.Fprintf(&b, "- Image: one uncompressed layer of random data, S = %d bytes (%s), plus a %d-byte config.\n", h.img.layerSize, mib(h.img.layerSize), h.img.sizes[h.img.blobs[0]])
-	fmt.Fprintf(&b, "- Links: B = %s each way on every link, registry's included (tc tbf, 50 ms FIFO, on both ends of every veth: ACKs queue behind bulk data on a saturated uplink); S/B = %.2f s.\n", fmtRate(cfg.Rate), unit.Seconds())
+	queue := "50 ms FIFO, on both ends of every veth: ACKs queue behind bulk data on a saturated uplink"
+	if cfg.AckPrio {
+		queue = "50 ms of queue, on both ends of every veth, with packets under 128 bytes (ACKs) ahead of bulk data (THAW_BURST_ACKPRIO=1, a diagnostic, not the benchmark's definition)"
+	}
+	fmt.Fprintf(&b, "- Links: B = %s each way on every link, registry's included (tc tbf, %s); S/B = %.2f s.\n", fmtRate(cfg.Rate), queue, unit.Seconds())
 	flags := "other swarm settings at the daemon's defaults"
 	if len(cfg.Flags) > 0 {
 		flags = "further daemon flags: `" + strings.Join(cfg.Flags, " ") + "`"

@@ -31,12 +31,15 @@
 //
 // THAW_E2E_BIN, if set, is a thaw binary to test instead of building one;
 // THAW_E2E_LOGS=1 prints the tail of every daemon's log, not only when a
-// test fails. The benchmark reads THAW_BURST_SIZE (S, default 128MiB),
-// THAW_BURST_RATE (B, default 100mbit), THAW_BURST_NODES (default
+// test fails. The benchmark reads THAW_BURST_SIZE (S, default 64MiB),
+// THAW_BURST_RATE (B, default 50mbit), THAW_BURST_NODES (default
 // 1,4,8,16), THAW_BURST_MODES (thaw,direct), THAW_BURST_PIECE and
 // THAW_BURST_FLAGS (daemon flags for tuning runs), THAW_BURST_RESULTS (the
-// report's path, default RESULTS.md here) and THAW_BURST_LOGS (a directory
-// to keep the daemons' logs in).
+// report's path, default RESULTS.md here), THAW_BURST_LOGS (a directory
+// to keep the daemons' logs and the progress samples in) and
+// THAW_BURST_ACKPRIO=1 (a diagnostic: small packets, the ACKs, go ahead of
+// bulk data in every link's queue, as a fair queue would put them; the
+// benchmark itself keeps the plain FIFO).
 //
 // The package owns the network plumbing and the processes; it does not
 // test thaw's packages one by one (their own tests do, p2p/cluster and

@@ -45,6 +45,10 @@ type harnessConfig struct {
 	Nodes     int   // node namespaces
 	Rate      int64 // bits/s of every link, each direction
 	ImageSize int64 // bytes of random data in the image's one layer
+	// AckPriority puts small packets (pure ACKs) ahead of bulk data in each
+	// link's queue, as a fair queue (fq_codel) would; a diagnostic of what
+	// the plain FIFO costs, not the benchmark's definition.
+	AckPriority bool
 }
 
 // harness is a shaped network with a registry holding the test image, on
@@ -66,6 +70,7 @@ func newHarness(t *testing.T, cfg harnessConfig) *harness {
 	start := time.Now()
 	h := &harness{cfg: cfg, dir: shortTempDir(t)}
 	h.nw = newNetwork(t, cfg.Nodes, cfg.Rate)
+	h.nw.ackPriority = cfg.AckPriority
 	h.reg = startRegistry(t, h.dir, h.nw.registry)
 	// The push goes before the links are shaped: it is set-up, not part of
 	// what a test measures.

@@ -91,13 +91,15 @@ type host struct {
 // network is a bridge in the root namespace with hosts attached by veth
 // pairs, every link shaped to rate bits/s in both directions.
 type network struct {
-	prefix   string
-	subnet   int    // the network is 10.<subnet>.0.0/16
-	bridge   string // in the root namespace
-	rootIP   string // the root namespace's address on the bridge
-	rate     int64  // bits per second, each direction of each link
-	registry *host
-	nodes    []*host
+	prefix string
+	subnet int    // the network is 10.<subnet>.0.0/16
+	bridge string // in the root namespace
+	rootIP string // the root namespace's address on the bridge
+	rate   int64  // bits per second, each direction of each link
+	// ackPriority: see harnessConfig.AckPriority.
+	ackPriority bool
+	registry    *host
+	nodes       []*host
 }
 
 // newNetwork creates the registry's namespace and n nodes' namespaces, to
@@ -174,8 +176,32 @@ func (nw *network) addHost(t *testing.T, name, hveth, ip string) *host {
 func (nw *network) shape(t *testing.T) {
 	t.Helper()
 	for _, h := range append([]*host{nw.registry}, nw.nodes...) {
-		nw.must(t, append([]string{"tc", "-n", h.name, "qdisc", "add", "dev", "eth0", "root"}, tbf(nw.rate)...)...)
-		nw.must(t, append([]string{"tc", "qdisc", "add", "dev", h.hveth, "root"}, tbf(nw.rate)...)...)
+		nw.must(t, append([]string{"tc", "-n", h.name, "qdisc", "add", "dev", "eth0", "root", "handle", "1:"}, tbf(nw.rate)...)...)
+		nw.must(t, append([]string{"tc", "qdisc", "add", "dev", h.hveth, "root", "handle", "1:"}, tbf(nw.rate)...)...)
+		if nw.ackPriority {
+			nw.prioritizeAcks(t, []string{"tc", "-n", h.name}, "eth0")
+			nw.prioritizeAcks(t, []string{"tc"}, h.hveth)
+		}
+	}
+}
+
+// prioritizeAcks replaces the FIFO inside a link's tbf by two FIFOs of the
+// same total size, the first for IP packets under 128 bytes (pure ACKs)
+// served ahead of the second: the shaping (tbf) stays as it is; only the
+// order of the queue changes.
+func (nw *network) prioritizeAcks(t *testing.T, tc []string, dev string) {
+	t.Helper()
+	limit := strconv.FormatInt(nw.rate/8/20+max(256<<10, nw.rate/8/500), 10) // tbf's: 50 ms + burst
+	for _, c := range [][]string{
+		{"qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "htb", "default", "20"},
+		{"class", "add", "dev", dev, "parent", "10:", "classid", "10:10", "htb", "rate", "10gbit", "prio", "0"},
+		{"class", "add", "dev", dev, "parent", "10:", "classid", "10:20", "htb", "rate", "10gbit", "prio", "1"},
+		{"qdisc", "add", "dev", dev, "parent", "10:10", "bfifo", "limit", "65536"},
+		{"qdisc", "add", "dev", dev, "parent", "10:20", "bfifo", "limit", limit},
+		// IP total length (bytes 2-3 of the header) below 128.
+		{"filter", "add", "dev", dev, "parent", "10:", "protocol", "ip", "prio", "1", "u32", "match", "u16", "0", "0xff80", "at", "2", "flowid", "10:10"},
+	} {
+		nw.must(t, append(append([]string{}, tc...), c...)...)
 	}
 }
 

@@ -13,6 +13,18 @@
 // for FallbackAfter, or the leader cannot be reached, the node reads the rest
 // from the origin. Whole blobs are still verified by the store on commit.
 //
+// Pieces are passed on while they arrive (cut-through): a node offers a
+// piece it is receiving as soon as its source answered, and streams its
+// bytes to the peers that ask as they come, all but the last byte, which
+// goes only once the piece is verified here. A piece that fails here cuts
+// those streams short, so its askers see a broken transfer and blame nobody;
+// only the node that sent wrong bytes of its own fails a digest check and is
+// avoided. The seeder sends each piece to SeedCopies peers and then stops
+// offering it, so the others take it from those. In the endgame, when every
+// missing piece is being fetched, a piece still arriving through a chain of
+// forwarders is asked again of a holder that has it whole; the first copy
+// wins.
+//
 // The package does not store blobs (the content store does) and does not keep
 // cluster state (p2p/cluster does).
 package swarm

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,7 +41,8 @@ type peerState struct {
 	id       p2p.NodeID
 	addr     string
 	seeder   bool
-	have     []byte
+	have     []byte // pieces it serves whole
+	part     []byte // pieces it serves while they arrive
 	version  int
 	trusted  bool
 	inflight int
@@ -70,7 +72,8 @@ type downloader struct {
 	mu           sync.Mutex
 	next         int // next piece the reader takes
 	peers        map[p2p.NodeID]*peerState
-	inflight     map[int]p2p.NodeID
+	inflight     map[int][]*attempt // running fetches by piece: one, two in the endgame
+	running      int                // attempts in inflight
 	lastProgress time.Time
 	gaveUp       chan struct{} // closed when the swarm gives up
 	gaveUpErr    error
@@ -99,12 +102,12 @@ func (s *Swarm) download(ctx context.Context, repo name.Repository, dgst v1.Hash
 	d := &downloader{
 		s: s, dgst: dgst, repo: repo, l: l, ctx: dctx, cancel: cancel,
 		skip: offset - int64(first)*s.cfg.PieceSize, pos: offset,
-		next: first, peers: map[p2p.NodeID]*peerState{}, inflight: map[int]p2p.NodeID{},
+		next: first, peers: map[p2p.NodeID]*peerState{}, inflight: map[int][]*attempt{},
 		lastProgress: time.Now(), gaveUp: make(chan struct{}), wake: make(chan struct{}, 1),
 	}
 	d.addHolders(st.Seeder, holders)
 	s.register(dgst, l)
-	s.announce(dgst, size)
+	s.announce(dgst, size, l)
 	s.metrics.Blobs.WithLabelValues("swarm").Inc()
 	d.wg.Add(1)
 	go d.run()
@@ -372,10 +375,22 @@ func (d *downloader) watch(p *peerState) {
 			d.s.log.Warn("peers disagree on a piece digest", "peer", p.id, "piece", i)
 		}
 		d.mu.Lock()
-		p.have, p.version, p.trusted, p.fails = b.Have, b.Version, b.Trusted, 0
+		p.have, p.part, p.version, p.trusted, p.fails = b.Have, b.Part, b.Version, b.Trusted, 0
 		d.mu.Unlock()
 		d.poke()
 	}
+}
+
+// attempt is one running fetch of a piece.
+type attempt struct {
+	peer   *peerState
+	start  time.Time
+	cancel context.CancelFunc
+	// dup: an endgame copy of a piece already being fetched; its bytes are
+	// not offered to peers.
+	dup bool
+	// lost: another attempt got the piece first; this one was cancelled.
+	lost bool
 }
 
 // schedule starts piece fetches up to Parallel.
@@ -383,46 +398,56 @@ func (d *downloader) schedule() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
-	for len(d.inflight) < d.s.cfg.Parallel {
-		i, p := d.pickLocked(now)
+	for d.running < d.s.cfg.Parallel {
+		i, p, dup := d.pickLocked(now)
 		if p == nil {
 			return
 		}
-		d.inflight[i] = p.id
+		ctx, cancel := context.WithCancel(d.ctx)
+		a := &attempt{peer: p, start: now, cancel: cancel, dup: dup}
+		d.inflight[i] = append(d.inflight[i], a)
+		d.running++
 		p.inflight++
 		d.wg.Add(1)
-		go d.fetch(i, p, p.addr)
+		go d.fetch(ctx, i, a, p.addr)
 	}
 }
 
 // pickLocked chooses the next piece and holder: the piece the reader waits
 // for first, then the rarest in the window; from a holder other than the
 // seeder when one has it (the seeder's uplink is for pieces nobody else
-// has), the least loaded one.
-func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
+// has), one that has it whole rather than arriving, the least loaded one.
+// A piece whose digest is not known yet may be taken (from a peer that has
+// it arriving from the seeder); it is verified once the digest comes.
+//
+// In the endgame, when every piece still missing is being fetched, a piece
+// fetched from a peer that has it arriving is asked again of a peer that
+// has it whole (dup): the first copy to arrive wins, so the blob's end does
+// not wait on the slowest chain of forwarders.
+func (d *downloader) pickLocked(now time.Time) (int, *peerState, bool) {
 	limit := min(d.next+d.s.cfg.Window, d.l.n)
 	bestI, bestRarity := -1, 0
 	var bestPeer *peerState
 	d.l.mu.Lock()
 	defer d.l.mu.Unlock()
 	for i := d.next; i < limit; i++ {
-		if d.l.have[i] || d.l.hashes[i] == "" {
+		if d.l.have[i] {
 			continue
 		}
-		if _, busy := d.inflight[i]; busy {
+		if len(d.inflight[i]) > 0 {
 			continue
 		}
 		var choice *peerState
 		rarity := 0
 		for _, p := range d.peers {
-			if !has(p.have, i) {
+			if !has(p.have, i) && !has(p.part, i) {
 				continue
 			}
 			rarity++
 			if p.inflight >= perPeer || now.Before(p.busy[i]) {
 				continue
 			}
-			if choice == nil || better(p, choice) {
+			if choice == nil || better(p, choice, i) {
 				choice = p
 			}
 		}
@@ -430,19 +455,59 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState) {
 			continue
 		}
 		if i == d.next {
-			return i, choice
+			return i, choice, false
 		}
 		if bestPeer == nil || rarity < bestRarity || (rarity == bestRarity && rand.IntN(2) == 0) {
 			bestI, bestRarity, bestPeer = i, rarity, choice
 		}
 	}
-	return bestI, bestPeer
+	if bestPeer != nil || limit < d.l.n {
+		return bestI, bestPeer, false
+	}
+	return d.endgameLocked(now)
+}
+
+// endgameLocked picks, once every missing piece is being fetched, the
+// longest-running single fetch of a piece from a peer that has it arriving,
+// and a peer that has it whole to ask as well.
+func (d *downloader) endgameLocked(now time.Time) (int, *peerState, bool) {
+	bestI := -1
+	var bestPeer *peerState
+	var oldest time.Time
+	for i := d.next; i < d.l.n; i++ {
+		if d.l.have[i] {
+			continue
+		}
+		as := d.inflight[i]
+		if len(as) == 0 {
+			return -1, nil, false // not the endgame: a missing piece nobody serves yet
+		}
+		if len(as) > 1 || has(as[0].peer.have, i) || (bestPeer != nil && !as[0].start.Before(oldest)) {
+			continue
+		}
+		var choice *peerState
+		for _, p := range d.peers {
+			if p == as[0].peer || !has(p.have, i) || p.inflight >= perPeer || now.Before(p.busy[i]) {
+				continue
+			}
+			if choice == nil || better(p, choice, i) {
+				choice = p
+			}
+		}
+		if choice != nil {
+			bestI, bestPeer, oldest = i, choice, as[0].start
+		}
+	}
+	return bestI, bestPeer, bestPeer != nil
 }
 
 // better reports whether holder a is a better source than b.
-func better(a, b *peerState) bool {
+func better(a, b *peerState, i int) bool {
 	if a.seeder != b.seeder {
 		return !a.seeder
+	}
+	if wa, wb := has(a.have, i), has(b.have, i); wa != wb {
+		return wa
 	}
 	if a.inflight != b.inflight {
 		return a.inflight < b.inflight
@@ -450,23 +515,41 @@ func better(a, b *peerState) bool {
 	return rand.IntN(2) == 0
 }
 
-// fetch gets piece i from p and verifies it.
-func (d *downloader) fetch(i int, p *peerState, addr string) {
+// fetch gets piece i from p, offering its bytes to peers as they arrive
+// (unless it is an endgame copy), and verifies it.
+func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) {
 	defer d.wg.Done()
+	defer a.cancel()
+	p := a.peer
 	start := time.Now()
-	want := d.l.hash(i)
-	data, err := d.s.getPiece(d.ctx, addr, d.dgst, i, d.l.pieceLen(i))
-	if err == nil {
-		sum := sha256.Sum256(data)
-		if hex.EncodeToString(sum[:]) != want {
-			err = fmt.Errorf("piece %d of %s from %s: %w", i, d.dgst, p.id, errBadPiece)
-		}
+	pt := newPart(d.l.pieceLen(i))
+	offer := func() { d.l.offerPart(i, pt) }
+	if a.dup {
+		offer = func() {}
 	}
+	err := d.s.getPiece(ctx, addr, d.dgst, i, pt, offer)
+	if err == nil {
+		err = d.verify(ctx, i, pt.buf, p.id)
+	}
+	data := pt.buf
 	result := "ok"
 	d.mu.Lock()
-	delete(d.inflight, i)
+	d.inflight[i] = slices.DeleteFunc(d.inflight[i], func(o *attempt) bool { return o == a })
+	if len(d.inflight[i]) == 0 {
+		delete(d.inflight, i)
+	}
+	d.running--
 	p.inflight--
+	if err == nil {
+		for _, o := range d.inflight[i] { // the endgame's other copy lost
+			o.lost = true
+			o.cancel()
+		}
+	}
 	switch {
+	case a.lost:
+		result = "lost"
+		err = errLost
 	case err == nil:
 		p.fails = 0
 		d.lastProgress = time.Now()
@@ -485,19 +568,45 @@ func (d *downloader) fetch(i int, p *peerState, addr string) {
 		p.fails++
 		p.busy[i] = time.Now().Add(time.Second)
 	}
+	// Under d.mu, so that no new fetch of the piece starts in between.
+	if err == nil {
+		d.l.hold(i, data)
+	} else {
+		d.l.dropPart(i, pt)
+	}
 	d.mu.Unlock()
+	pt.finish(err == nil)
 	d.s.metrics.PieceDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	switch {
 	case err == nil:
-		d.l.hold(i, data)
 		d.s.fetched.WithLabelValues(metrics.SourcePeer).Add(float64(len(data)))
+		d.s.log.Debug("piece fetched", "peer", p.id, "piece", i, "seconds", time.Since(start).Seconds())
 	case errors.Is(err, errBadPiece):
 		d.s.log.Warn("peer sent a bad piece; avoiding it", "peer", p.id, "piece", i, "digest", d.dgst.String())
 		d.s.avoidPeer(p.id)
-	case d.ctx.Err() == nil && !errors.Is(err, errBusy):
+	case d.ctx.Err() == nil && !errors.Is(err, errBusy) && !errors.Is(err, errLost):
 		d.s.log.Debug("piece fetch failed", "peer", p.id, "piece", i, "err", err)
 	}
 	d.poke()
+}
+
+// errLost: an endgame fetch another copy of the piece beat.
+var errLost = errors.New("another copy of the piece arrived first")
+
+// verify checks piece i's bytes against its digest, waiting up to
+// StallTimeout for the digest if the piece came before it.
+func (d *downloader) verify(ctx context.Context, i int, data []byte, from p2p.NodeID) error {
+	ctx, cancel := context.WithTimeout(ctx, d.s.cfg.StallTimeout)
+	defer cancel()
+	want := d.l.waitHash(i, ctx.Done())
+	if want == "" {
+		return fmt.Errorf("piece %d of %s from %s: no digest came for it", i, d.dgst, from)
+	}
+	sum := sha256.Sum256(data)
+	if hex.EncodeToString(sum[:]) != want {
+		return fmt.Errorf("piece %d of %s from %s: %w", i, d.dgst, from, errBadPiece)
+	}
+	return nil
 }
 
 func (s *Swarm) avoided(id p2p.NodeID) bool {
@@ -521,20 +630,22 @@ func (s *Swarm) avoidPeer(id p2p.NodeID) {
 // errStalled: a piece request delivered no byte for StallTimeout.
 var errStalled = errors.New("peer stalled")
 
-// getPiece fetches piece i of dgst from the peer at addr.
-func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, size int64) ([]byte, error) {
+// getPiece fetches piece i of dgst from the peer at addr into pt, calling
+// offer once the peer answered with the piece's bytes to come.
+func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, pt *part, offer func()) error {
+	size := int64(len(pt.buf))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stall := time.AfterFunc(s.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/p2p/v1/blobs/"+dgst.String()+"/pieces/"+strconv.Itoa(i), nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set(PeerHeader, string(s.coord.Self().ID))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, causeOr(ctx, err)
+		return causeOr(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -545,37 +656,38 @@ func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, 
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusServiceUnavailable, http.StatusNotFound:
-		return nil, fmt.Errorf("piece %d: %s: %w", i, resp.Status, errBusy)
+		return fmt.Errorf("piece %d: %s: %w", i, resp.Status, errBusy)
 	default:
-		return nil, fmt.Errorf("piece %d: %s", i, resp.Status)
+		return fmt.Errorf("piece %d: %s", i, resp.Status)
 	}
 	if resp.ContentLength != size {
-		return nil, fmt.Errorf("piece %d: %d bytes announced, want %d", i, resp.ContentLength, size)
+		return fmt.Errorf("piece %d: %d bytes announced, want %d", i, resp.ContentLength, size)
 	}
-	data := make([]byte, size)
+	offer()
 	var got int64
 	for got < size {
-		n, err := resp.Body.Read(data[got:min(got+chunk, size)])
+		n, err := resp.Body.Read(pt.buf[got:min(got+chunk, size)])
 		if n > 0 {
 			stall.Reset(s.cfg.StallTimeout)
 			if s.downLimit != nil {
 				if err := s.downLimit.WaitN(ctx, n); err != nil {
-					return nil, causeOr(ctx, err)
+					return causeOr(ctx, err)
 				}
 			}
 			got += int64(n)
+			pt.advance(n)
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, causeOr(ctx, err)
+			return causeOr(ctx, err)
 		}
 	}
 	if got != size {
-		return nil, fmt.Errorf("piece %d: got %d of %d bytes", i, got, size)
+		return fmt.Errorf("piece %d: got %d of %d bytes", i, got, size)
 	}
-	return data, nil
+	return nil
 }
 
 // getBitmap asks the peer at addr for its bitmap of dgst, newer than after.

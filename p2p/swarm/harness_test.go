@@ -135,6 +135,12 @@ type cluster struct {
 // newCluster starts n nodes sharing one in-memory coordinator. The peer
 // servers use httptest's TLS certificate, which every node's client trusts.
 func newCluster(t testing.TB, n int, cfg swarm.Config) *cluster {
+	return newClusterWith(t, n, cfg, func(c p2p.Coordinator) p2p.Coordinator { return c })
+}
+
+// newClusterWith is newCluster with every node's coordinator passed
+// through wrap, to slow or break coordination calls.
+func newClusterWith(t testing.TB, n int, cfg swarm.Config, wrap func(p2p.Coordinator) p2p.Coordinator) *cluster {
 	c := &cluster{coord: memcoord.New()}
 	log := slog.New(slog.DiscardHandler)
 	if os.Getenv("THAW_TEST_LOG") != "" {
@@ -162,7 +168,7 @@ func newCluster(t testing.TB, n int, cfg swarm.Config) *cluster {
 		t.Cleanup(func() { up.Close() })
 		m := metrics.NewPuller(nd.reg)
 		nd.p2pm = metrics.NewP2P(nd.reg)
-		coord := c.coord.Join(p2p.Member{ID: nd.id, PeerAddr: strings.TrimPrefix(nd.srv.URL, "https://")})
+		coord := wrap(c.coord.Join(p2p.Member{ID: nd.id, PeerAddr: strings.TrimPrefix(nd.srv.URL, "https://")}))
 		client := nd.srv.Client()
 		client.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
 		sw, err := swarm.New(cfg, coord, up, st, client, nd.p2pm, m.FetchedBytes, log.With("node", nd.id))

@@ -23,19 +23,25 @@ type local struct {
 	hashes  []string       // hex sha256 per piece, "" while unknown
 	have    []bool         // pieces this node can serve
 	mem     map[int][]byte // verified pieces the reader has not taken yet
+	parts   map[int]*part  // pieces arriving now, streamed to peers as they come
 	version int            // bumped on every change
 	changed chan struct{}  // closed and replaced on every change
 	sending []int          // uploads of each piece running now
 	served  []int          // seeder: copies of each piece sent to peers
 	lastAt  []time.Time    // seeder: when the last copy was allowed
+	copies  int            // seeder: copies of a piece it sends (Config.SeedCopies)
+	grace   time.Duration  // seeder: after this, a piece is offered again
+	// announced is closed once the cluster has been told this node brings
+	// the blob in (see Swarm.announce); never closed if it was not told.
+	announced chan struct{}
 }
 
 func newLocal(size, pieceSize int64, trusted, seeding bool) *local {
 	n := int((size + pieceSize - 1) / pieceSize)
 	return &local{
 		size: size, pieceSize: pieceSize, n: n, trusted: trusted, seeding: seeding,
-		hashes: make([]string, n), have: make([]bool, n), mem: map[int][]byte{},
-		changed: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n), sending: make([]int, n),
+		hashes: make([]string, n), have: make([]bool, n), mem: map[int][]byte{}, parts: map[int]*part{},
+		changed: make(chan struct{}), announced: make(chan struct{}), served: make([]int, n), lastAt: make([]time.Time, n), sending: make([]int, n),
 	}
 }
 
@@ -82,7 +88,49 @@ func (l *local) complete(i int, h string) {
 		l.hashes[i] = h
 	}
 	l.have[i] = true
+	delete(l.parts, i)
 	l.bumpLocked()
+}
+
+// offerPart offers piece i to peers while it arrives in p.
+//
+// A download offers its part only once its source answered: a part is then
+// always offered after the part (or whole piece) it streams from, so parts
+// streaming from each other never form a cycle that would wait forever.
+func (l *local) offerPart(i int, p *part) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.parts[i] = p
+	l.bumpLocked()
+}
+
+// dropPart forgets piece i's arrival p, which failed.
+func (l *local) dropPart(i int, p *part) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.parts[i] == p {
+		delete(l.parts, i)
+		l.bumpLocked()
+	}
+}
+
+// waitHash returns the digest of piece i, waiting for it (a piece streamed
+// from the seeder while it arrived there gets its digest when whole) until
+// stop is closed; "" if it did not come.
+func (l *local) waitHash(i int, stop <-chan struct{}) string {
+	for {
+		l.mu.Lock()
+		h, ch := l.hashes[i], l.changed
+		l.mu.Unlock()
+		if h != "" {
+			return h
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return ""
+		}
+	}
 }
 
 // hold keeps verified piece i in memory for the reader and for peers.
@@ -91,6 +139,7 @@ func (l *local) hold(i int, data []byte) {
 	defer l.mu.Unlock()
 	l.mem[i] = data
 	l.have[i] = true
+	delete(l.parts, i)
 	l.bumpLocked()
 }
 
@@ -122,13 +171,15 @@ func (l *local) memPiece(i int) ([]byte, bool) {
 	return data, ok
 }
 
-// bitmap is the state peers see: which pieces this node serves, and the
-// digests it knows from index from on.
+// bitmap is the state peers see: which pieces this node serves, whole or
+// while they arrive, and (a trusted node only) the digests it knows from
+// index from on.
 type bitmap struct {
 	Size      int64    `json:"size"`
 	PieceSize int64    `json:"pieceSize"`
 	Version   int      `json:"version"`
-	Have      []byte   `json:"have"` // bit i set: piece i is served
+	Have      []byte   `json:"have"`           // bit i set: piece i is served
+	Part      []byte   `json:"part,omitempty"` // bit i set: piece i is arriving and served as it comes
 	Trusted   bool     `json:"trusted"`
 	HashFrom  int      `json:"hashFrom"`
 	Hashes    []string `json:"hashes"`
@@ -155,33 +206,62 @@ func (l *local) snapshot(after, hashFrom int, wait <-chan struct{}) bitmap {
 
 func (l *local) snapshotLocked(hashFrom int) bitmap {
 	b := bitmap{Size: l.size, PieceSize: l.pieceSize, Version: l.version, Trusted: l.trusted, Have: make([]byte, (l.n+7)/8)}
+	now := time.Now()
 	for i, ok := range l.have {
+		if l.rationedLocked(i, now) {
+			continue // the seeder sent it out already: ask those peers
+		}
 		if ok {
 			b.Have[i/8] |= 1 << (i % 8)
+		} else if l.parts[i] != nil {
+			if b.Part == nil {
+				b.Part = make([]byte, (l.n+7)/8)
+			}
+			b.Part[i/8] |= 1 << (i % 8)
 		}
 	}
 	hashFrom = min(max(hashFrom, 0), l.n)
 	b.HashFrom = hashFrom
-	b.Hashes = append([]string(nil), l.hashes[hashFrom:]...)
+	if l.trusted {
+		// Peers take digests only from a trusted node.
+		b.Hashes = append([]string(nil), l.hashes[hashFrom:]...)
+	}
 	return b
+}
+
+// rationedLocked reports whether the seeder has sent piece i to as many
+// peers as it sends it to, lately.
+func (l *local) rationedLocked(i int, now time.Time) bool {
+	return l.seeding && l.copies > 0 && l.served[i] >= l.copies && now.Sub(l.lastAt[i]) < l.grace
+}
+
+// ration sets how many copies of each piece the seeder sends, and after how
+// long without one it offers the piece again (the peers that got it may be
+// gone).
+func (l *local) ration(copies int, grace time.Duration) {
+	l.mu.Lock()
+	l.copies, l.grace = copies, grace
+	l.mu.Unlock()
 }
 
 // allow reports whether this node should send piece i to one more peer now,
 // and if so counts the upload (release it with done): at most uploads at a
-// time, and the seeder at most copies in all, unless grace has passed since
-// the last one (the peers that got it may be gone).
-func (l *local) allow(i, uploads, copies int, grace time.Duration, now time.Time) bool {
+// time, and the seeder at most its copies in all (see ration).
+func (l *local) allow(i, uploads int, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.sending[i] >= uploads {
 		return false
 	}
 	if l.seeding {
-		if l.served[i] >= copies && now.Sub(l.lastAt[i]) < grace {
+		if l.rationedLocked(i, now) {
 			return false
 		}
 		l.served[i]++
 		l.lastAt[i] = now
+		if l.rationedLocked(i, now) {
+			l.bumpLocked() // peers stop asking this node for it
+		}
 	}
 	l.sending[i]++
 	return true
@@ -209,6 +289,7 @@ func (l *local) committed() bool {
 	// the peers still downloading are better served by each other than by
 	// all asking the one node that had the blob first.
 	l.mem = map[int][]byte{}
+	l.parts = map[int]*part{}
 	all := true
 	for i := range l.have {
 		l.have[i] = true

@@ -38,6 +38,7 @@ func FuzzBitmap(f *testing.F) {
 		}
 		for i := range l.n + 3 {
 			has(b.Have, i) // must not panic on short or long bitmaps
+			has(b.Part, i)
 		}
 	})
 }

@@ -88,17 +88,25 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	l.mu.Lock()
-	ok := l.have[i]
+	ok, pt := l.have[i], l.parts[i]
 	l.mu.Unlock()
-	if !ok {
+	if !ok && pt == nil {
 		http.Error(w, "piece not here yet", http.StatusNotFound)
 		return
 	}
-	if !l.allow(i, s.cfg.PieceUploads, s.cfg.SeedCopies, 2*s.cfg.StallTimeout, time.Now()) {
+	if !l.allow(i, s.cfg.PieceUploads, time.Now()) {
 		http.Error(w, "this piece is on its way to other peers already; ask them", http.StatusServiceUnavailable)
 		return
 	}
 	defer l.done(i)
+	peer := r.Header.Get(PeerHeader)
+	if peer == "" {
+		peer = "unknown"
+	}
+	if !ok {
+		s.streamPart(w, r, pt, peer)
+		return
+	}
 	var src io.Reader
 	if data, ok := l.memPiece(i); ok {
 		src = byteReader(data)
@@ -113,12 +121,34 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(l.pieceLen(i), 10))
-	peer := r.Header.Get(PeerHeader)
-	if peer == "" {
-		peer = "unknown"
-	}
 	n, _ := copyLimited(r.Context(), w, src, s.upLimit)
 	s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(n))
+}
+
+// streamPart sends a piece while it arrives on this node, as its bytes
+// come. The last holdBack bytes go only once the piece is verified here; if
+// it fails, the response is cut short, so the asker discards what it got
+// and takes the piece elsewhere.
+func (s *Swarm) streamPart(w http.ResponseWriter, r *http.Request, pt *part, peer string) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(pt.buf)))
+	rc := http.NewResponseController(w)
+	var sent int64
+	defer func() { s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(sent)) }()
+	for sent < int64(len(pt.buf)) {
+		limit, st := pt.servable(sent, r.Context().Done())
+		if st == partFailed {
+			panic(http.ErrAbortHandler)
+		}
+		n, err := copyLimited(r.Context(), w, byteReader(pt.buf[sent:limit]), s.upLimit)
+		sent += n
+		if err != nil {
+			return
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
 }
 
 // servable returns what this node can serve of dgst: the blob it is bringing

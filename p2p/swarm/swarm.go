@@ -97,7 +97,8 @@ func (s *Swarm) FetchBlob(ctx context.Context, repo name.Repository, dgst v1.Has
 // it after the store verified and committed the blob.
 func (s *Swarm) OnCommit(dgst v1.Hash, size int64) {
 	s.mu.Lock()
-	if l := s.blobs[dgst]; l != nil {
+	l := s.blobs[dgst]
+	if l != nil {
 		delete(s.blobs, dgst)
 		if l.committed() {
 			s.done.Add(dgst, l)
@@ -106,6 +107,16 @@ func (s *Swarm) OnCommit(dgst v1.Hash, size int64) {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CoordTimeout)
 	defer cancel()
+	if l != nil {
+		// The announcement that this node holds the blob in progress must
+		// not land after this one: it would turn the complete copy back
+		// into a partial one, and with no seeder left the others would
+		// take the blob from the origin again.
+		select {
+		case <-l.announced:
+		case <-ctx.Done():
+		}
+	}
 	if err := s.coord.Announce(ctx, dgst, size, true); err != nil {
 		s.log.Warn("announcing a complete blob", "digest", dgst.String(), "err", err)
 	}
@@ -143,7 +154,7 @@ func (s *Swarm) seed(ctx context.Context, repo name.Repository, dgst v1.Hash, of
 	}
 	r.piece, r.off = int(start/s.cfg.PieceSize), offset
 	s.register(dgst, l)
-	s.announce(dgst, size)
+	s.announce(dgst, size, l)
 	return r, size, nil
 }
 
@@ -173,6 +184,7 @@ func (s *Swarm) hashPrefix(ctx context.Context, dgst v1.Hash, l *local, start, o
 }
 
 func (s *Swarm) register(dgst v1.Hash, l *local) {
+	l.ration(s.cfg.SeedCopies, 2*s.cfg.StallTimeout)
 	s.mu.Lock()
 	s.blobs[dgst] = l
 	s.mu.Unlock()
@@ -189,9 +201,10 @@ func (s *Swarm) unregister(dgst v1.Hash, l *local) {
 }
 
 // announce tells the cluster, without holding up the stream, that this node
-// is bringing dgst in.
-func (s *Swarm) announce(dgst v1.Hash, size int64) {
+// is bringing dgst in; l.announced is closed once the cluster answered.
+func (s *Swarm) announce(dgst v1.Hash, size int64, l *local) {
 	go func() {
+		defer close(l.announced)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CoordTimeout)
 		defer cancel()
 		if err := s.coord.Announce(ctx, dgst, size, false); err != nil {
@@ -200,8 +213,8 @@ func (s *Swarm) announce(dgst v1.Hash, size int64) {
 	}()
 }
 
-// seedReader passes the origin's bytes through, hashing each piece and
-// marking it served when it is whole.
+// seedReader passes the origin's bytes through, hashing each piece, offering
+// it to peers as it arrives and marking it served when it is whole.
 type seedReader struct {
 	s       *Swarm
 	dgst    v1.Hash
@@ -213,6 +226,7 @@ type seedReader struct {
 	piece   int   // index of the piece being read
 	inPiece int64 // bytes of it read so far
 	off     int64 // position in the blob
+	part    *part // the piece's bytes for peers, nil if it began before this stream
 }
 
 func (r *seedReader) Read(p []byte) (int, error) {
@@ -221,6 +235,13 @@ func (r *seedReader) Read(p []byte) (int, error) {
 	for data := p[:n]; len(data) > 0; {
 		want := r.l.pieceLen(r.piece) - r.inPiece
 		k := min(int64(len(data)), want)
+		if r.inPiece == 0 {
+			r.part = newPart(r.l.pieceLen(r.piece))
+			r.l.offerPart(r.piece, r.part)
+		}
+		if r.part != nil {
+			r.part.write(data[:k])
+		}
 		r.h.Write(data[:k])
 		r.inPiece += k
 		r.off += k
@@ -229,6 +250,10 @@ func (r *seedReader) Read(p []byte) (int, error) {
 			// The piece is whole in the caller's hands; the store will have it
 			// once the caller writes it, and piece reads wait for that.
 			r.l.complete(r.piece, hex.EncodeToString(r.h.Sum(nil)))
+			if r.part != nil {
+				r.part.finish(true)
+				r.part = nil
+			}
 			r.h.Reset()
 			r.piece++
 			r.inPiece = 0
@@ -243,6 +268,10 @@ func (r *seedReader) Read(p []byte) (int, error) {
 // Close ends the stream. A blob read to the end stays registered for peers
 // until the store commits it (Swarm.OnCommit); a broken one is forgotten.
 func (r *seedReader) Close() error {
+	if r.part != nil {
+		r.l.dropPart(r.piece, r.part)
+		r.part.finish(false)
+	}
 	if !r.eof {
 		r.s.unregister(r.dgst, r.l)
 	}

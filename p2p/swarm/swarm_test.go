@@ -287,3 +287,39 @@ func TestSeederDiesNewSeederTakesOver(t *testing.T) {
 		t.Fatalf("after the seeder died: %v new seeders and %v fallbacks, want 1 and 0", seeders, fallbacks)
 	}
 }
+
+// slowPartialAnnounce delays announcements of blobs in progress, as a
+// loaded leader can.
+type slowPartialAnnounce struct {
+	p2p.Coordinator
+	delay time.Duration
+}
+
+func (c slowPartialAnnounce) Announce(ctx context.Context, d v1.Hash, size int64, complete bool) error {
+	if !complete {
+		time.Sleep(c.delay)
+	}
+	return c.Coordinator.Announce(ctx, d, size, complete)
+}
+
+// TestCompleteAnnouncementComesLast: a node that brings a blob in tells the
+// cluster so without waiting for the answer; when the blob is committed
+// before that announcement landed, the complete one still lands after it,
+// so the cluster keeps a complete holder and nobody fetches the blob from
+// the origin again.
+func TestCompleteAnnouncementComesLast(t *testing.T) {
+	o := newOrigin(t)
+	repo, d, data := o.blob(t, "announce", 1<<20)
+	c := newClusterWith(t, 1, testConfig(), func(c p2p.Coordinator) p2p.Coordinator {
+		return slowPartialAnnounce{Coordinator: c, delay: 300 * time.Millisecond}
+	})
+	burst(t, c, repo, d, data)
+	time.Sleep(500 * time.Millisecond) // past any announcement still on its way
+	st, err := c.coord.Join(p2p.Member{ID: "observer"}).Blob(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Holders) != 1 || !st.Holders[0].Complete || st.Seeder != "" {
+		t.Fatalf("cluster state after the commit: seeder %q, holders %+v; want node0 complete and no seeder", st.Seeder, st.Holders)
+	}
+}
