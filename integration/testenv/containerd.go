@@ -100,8 +100,12 @@ func (c *Containerd) Pull(ctx context.Context, ref, mirror, snapshotter string) 
 		return err
 	}
 	defer client.Close()
+	// No connection outlives the pull (the cluster tests check for leaked
+	// goroutines).
+	tr := &http.Transport{DialContext: c.Dial}
+	defer tr.CloseIdleConnections()
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: func(string) ([]docker.RegistryHost, error) {
-		return []docker.RegistryHost{{Client: &http.Client{Transport: &http.Transport{DialContext: c.Dial}}, Host: mirror, Scheme: "http", Path: "/v2",
+		return []docker.RegistryHost{{Client: &http.Client{Transport: tr}, Host: mirror, Scheme: "http", Path: "/v2",
 			Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve}}, nil
 	}})
 	opts := []containerd.RemoteOpt{containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter)}
@@ -130,7 +134,9 @@ func (c *Containerd) Run(t testing.TB, ref, snapshotter, ready string) (readyAt 
 
 // RunErr is Run returning its error, for goroutines other than the test's.
 func (c *Containerd) RunErr(ctx context.Context, ref, snapshotter, ready string) (readyAt time.Time, out string, err error) {
-	id := fmt.Sprintf("lazy-%d", time.Now().UnixNano())
+	// Unique among containerds that run side by side: runc's state and the
+	// cgroups are per namespace and id, not per containerd.
+	id := fmt.Sprintf("lazy-%s-%d", filepath.Base(filepath.Dir(c.Sock)), time.Now().UnixNano())
 	cmd := exec.CommandContext(ctx, "ctr", "-a", c.Sock, "-n", "default", "run", "--rm", "--snapshotter", snapshotter, ref, id)
 	cmd.Env = CleanEnv()
 	cmd.WaitDelay = 5 * time.Second
