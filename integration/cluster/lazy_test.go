@@ -18,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-
 	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
@@ -61,22 +58,7 @@ func (h *harness) pushLazyImage(t *testing.T, img testenv.PyImage) lazyImage {
 // imageBlobs reads ref's manifest: its config and layers, and their sizes.
 func imageBlobs(t *testing.T, ref string) testImage {
 	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r)
-	if err != nil {
-		t.Fatalf("read %s: %v", ref, err)
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dg, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, dg := testenv.Manifest(t, ref)
 	ti := testImage{ref: ref, digest: dg.String(), sizes: map[string]int64{}}
 	ti.blobs = append(ti.blobs, m.Config.Digest.String())
 	ti.sizes[m.Config.Digest.String()] = m.Config.Size
@@ -409,14 +391,7 @@ func TestClusterLazyBenchmark(t *testing.T) {
 			t.Fatalf("THAW_CLUSTER_LAZY_ROUNDS %q: want a count >= 1", v)
 		}
 	}
-	prefix := testenv.DefaultBenchPython
-	if v := os.Getenv("THAW_CLUSTER_LAZY_PYTHON"); v != "" {
-		prefix = v
-	}
-	py := testenv.BenchPython(prefix)
-	if _, err := os.Stat(py.Python); err != nil {
-		t.Fatalf("no Python at %s (set THAW_CLUSTER_LAZY_PYTHON to a prefix with bin/python3.11): %v", prefix, err)
-	}
+	py, prefix := testenv.BenchPythonFromEnv(t, "THAW_CLUSTER_LAZY_PYTHON")
 	results := "LAZY_RESULTS.md"
 	if v := os.Getenv("THAW_CLUSTER_LAZY_RESULTS"); v != "" {
 		results = v

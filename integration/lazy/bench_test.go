@@ -56,14 +56,7 @@ func TestLazyBenchmark(t *testing.T) {
 		}
 		rate = int64(r)
 	}
-	prefix := testenv.DefaultBenchPython
-	if v := os.Getenv("THAW_LAZY_PYTHON"); v != "" {
-		prefix = v
-	}
-	img := testenv.BenchPython(prefix)
-	if _, err := os.Stat(img.Python); err != nil {
-		t.Fatalf("no Python at %s (set THAW_LAZY_PYTHON to a prefix with bin/python3.11): %v", prefix, err)
-	}
+	img, prefix := testenv.BenchPythonFromEnv(t, "THAW_LAZY_PYTHON")
 	l := newLink(t, rate)
 	reg := startRegistry(t, l)
 	plain, esgz := reg+"/pybench:plain", reg+"/pybench:esgz"

@@ -157,8 +157,8 @@ func (p PyImage) Push(t testing.TB, ref string) (size int64) {
 	return size
 }
 
-// ImageSize sums the compressed sizes of ref's layers.
-func ImageSize(t testing.TB, ref string) int64 {
+// Manifest reads ref's manifest and digest from its registry (plain HTTP).
+func Manifest(t testing.TB, ref string) (*v1.Manifest, v1.Hash) {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
@@ -166,17 +166,44 @@ func ImageSize(t testing.TB, ref string) int64 {
 	}
 	img, err := remote.Image(r)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("read %s: %v", ref, err)
 	}
 	m, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)
 	}
+	dg, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, dg
+}
+
+// ImageSize sums the compressed sizes of ref's layers.
+func ImageSize(t testing.TB, ref string) int64 {
+	t.Helper()
+	m, _ := Manifest(t, ref)
 	var n int64
 	for _, l := range m.Layers {
 		n += l.Size
 	}
 	return n
+}
+
+// BenchPythonFromEnv is BenchPython of the prefix in the environment
+// variable env, or of DefaultBenchPython; it fails the test when that
+// prefix has no python3.11.
+func BenchPythonFromEnv(t testing.TB, env string) (PyImage, string) {
+	t.Helper()
+	prefix := DefaultBenchPython
+	if v := os.Getenv(env); v != "" {
+		prefix = v
+	}
+	img := BenchPython(prefix)
+	if _, err := os.Stat(img.Python); err != nil {
+		t.Fatalf("no Python at %s (set %s to a prefix with bin/python3.11): %v", prefix, env, err)
+	}
+	return img, prefix
 }
 
 // recordedLine is what `thaw convert --record` prints about the files it
