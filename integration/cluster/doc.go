@@ -52,7 +52,7 @@
 // report's path, default RESULTS.md here) and THAW_BURST_LOGS (a directory
 // to keep the daemons' logs in). The lazy benchmark reads
 // THAW_CLUSTER_LAZY_RATE (default 100mbit), THAW_CLUSTER_LAZY_NODES (4),
-// THAW_CLUSTER_LAZY_ROUNDS (2), THAW_CLUSTER_LAZY_PYTHON (the prefix of the
+// THAW_CLUSTER_LAZY_ROUNDS (3), THAW_CLUSTER_LAZY_PYTHON (the prefix of the
 // image) and THAW_CLUSTER_LAZY_RESULTS (default LAZY_RESULTS.md here).
 //
 // The package owns the network plumbing and the processes; it does not

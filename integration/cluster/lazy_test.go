@@ -362,7 +362,7 @@ func TestClusterLazy(t *testing.T) {
 const (
 	defaultLazyRate   = 100e6 // bits/s of every link
 	defaultLazyNodes  = 4
-	defaultLazyRounds = 2
+	defaultLazyRounds = 3
 )
 
 // TestClusterLazyBenchmark: N nodes of a cluster start the same Python
@@ -443,7 +443,10 @@ type lazyCase struct {
 }
 
 func summarize(runs []*lazyBurstRun) lazyCase {
-	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	med := func(v []float64) float64 { // the mean of the middle two of an even count
+		slices.Sort(v)
+		return (v[(len(v)-1)/2] + v[len(v)/2]) / 2
+	}
 	perRun := func(get func(*lazyBurstRun) float64) float64 {
 		v := make([]float64, len(runs))
 		for i, r := range runs {
