@@ -6,7 +6,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Fuzz each target briefly in `make test`; `make fuzz FUZZTIME=5m` for longer.
 FUZZTIME ?= 10s
 
-.PHONY: help build demo test unit fuzz e2e bench bench-burst bench-lazy clean
+.PHONY: help build demo test unit fuzz e2e bench bench-burst bench-lazy bench-lazy-cluster clean
 
 help:
 	@echo "make demo   build thaw and run the self-contained demo (no internet needed)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  the mirror benchmarks of README"
 	@echo "make bench-burst  as root: the peer network's burst benchmark of README"
 	@echo "make bench-lazy   as root: the lazy loading (eStargz) cold-start benchmark of README"
+	@echo "make bench-lazy-cluster  as root: the same on four nodes of the multi-node harness at once"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/thaw
@@ -63,6 +64,12 @@ bench-burst:
 bench-lazy:
 	bash integration/e2e-deps.sh
 	THAW_LAZY_BENCH=1 $(GO) test -tags e2e -count=1 -run TestLazyBenchmark -v -timeout 60m ./integration/lazy/
+
+# The eStargz cold start on four nodes of the multi-node harness at once,
+# against the plain image through the peer network (as root, several minutes).
+bench-lazy-cluster:
+	bash integration/e2e-deps.sh
+	THAW_CLUSTER_LAZY=1 $(GO) test -tags e2e -count=1 -run TestClusterLazyBenchmark -v -timeout 60m ./integration/cluster/
 
 bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkServeCachedBlob|BenchmarkBurstOneBlob|BenchmarkTailRangeOfAbsentBlob' -benchtime 5x ./puller/mirror

@@ -23,11 +23,25 @@
 // pulling straight from the registry and writes RESULTS.md; it runs only
 // with THAW_BURST=1.
 //
+// Lazy loading on the harness (lazy_test.go): every node also runs a
+// containerd 1.6 in its namespace (nsenter --net, so runc keeps the root
+// mount namespace) whose stargz proxy snapshotter is its daemon's
+// (--snapshotter-socket), and all nodes start the same image at the same
+// moment. TestClusterLazy asserts that every node ran the workload with
+// every eStargz layer mounted lazily, that each fetched the ranges it
+// waited for, and that the rest of each blob came through the peer
+// network; the benchmark (THAW_CLUSTER_LAZY=1) compares the eStargz cold
+// start with the plain image through the peer network and writes
+// LAZY_RESULTS.md. They also need containerd, runc, ctr, ldd and /dev/fuse
+// (integration/e2e-deps.sh installs them); the image and containerd
+// helpers are integration/testenv's, shared with integration/lazy.
+//
 // The tests need root, iproute2 (ip, tc), nsenter, iptables and
 // docker-registry, and the build tag e2e:
 //
 //	sudo go test -tags e2e -count=1 -v -timeout 30m ./integration/cluster/
 //	sudo THAW_BURST=1 go test -tags e2e -count=1 -run TestBurstBenchmark -v -timeout 60m ./integration/cluster/
+//	sudo THAW_CLUSTER_LAZY=1 go test -tags e2e -count=1 -run TestClusterLazyBenchmark -v -timeout 60m ./integration/cluster/
 //
 // THAW_E2E_BIN, if set, is a thaw binary to test instead of building one;
 // THAW_E2E_LOGS=1 prints the tail of every daemon's log, not only when a
@@ -39,7 +53,10 @@
 // to keep the daemons' logs and the progress samples in) and
 // THAW_BURST_ACKPRIO=1 (a diagnostic: small packets, the ACKs, go ahead of
 // bulk data in every link's queue, as a fair queue would put them; the
-// benchmark itself keeps the plain FIFO).
+// benchmark itself keeps the plain FIFO). The lazy benchmark reads
+// THAW_CLUSTER_LAZY_RATE (default 100mbit), THAW_CLUSTER_LAZY_NODES (4),
+// THAW_CLUSTER_LAZY_ROUNDS (3), THAW_CLUSTER_LAZY_PYTHON (the prefix of the
+// image) and THAW_CLUSTER_LAZY_RESULTS (default LAZY_RESULTS.md here).
 //
 // The package owns the network plumbing and the processes; it does not
 // test thaw's packages one by one (their own tests do, p2p/cluster and

@@ -630,8 +630,9 @@ func (d *daemon) waitMembers(t *testing.T, timeout time.Duration, ids ...string)
 
 // clusterOpts vary how startCluster forms the cluster.
 type clusterOpts struct {
-	voters int      // --voters; 0: the daemon's default (3)
-	extra  []string // further daemon flags for every node
+	voters    int                  // --voters; 0: the daemon's default (3)
+	extra     []string             // further daemon flags for every node
+	nodeExtra func(i int) []string // further flags for node i, if set
 }
 
 // startCluster starts daemons on nodes 0..n-1 that form one cluster: node0
@@ -651,7 +652,11 @@ func (h *harness) startCluster(t *testing.T, n int, o clusterOpts) []*daemon {
 		tls[i] = h.certs(t, i, "")
 	}
 	opts := func(i int, join []string) daemonOpts {
-		return daemonOpts{tlsDir: tls[i], join: join, voters: o.voters, extra: o.extra}
+		extra := slices.Clone(o.extra)
+		if o.nodeExtra != nil {
+			extra = append(extra, o.nodeExtra(i)...)
+		}
+		return daemonOpts{tlsDir: tls[i], join: join, voters: o.voters, extra: extra}
 	}
 	var seeds []string
 	for i := range min(n, 3) {

@@ -13,28 +13,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // The benchmark's defaults; THAW_LAZY_* override them.
 const (
-	defaultBenchRate   = 200e6 // bits/s of the registry's link
-	defaultBenchPython = "/root/.pyenv/versions/3.11.7"
+	defaultBenchRate = 200e6 // bits/s of the registry's link
 	// defaultBenchQuiet is case (b')'s --background-quiet: 0, a fill that
 	// does not yield to start-up reads, to show what yielding buys.
 	defaultBenchQuiet = "0"
 )
-
-// benchPython is a Python prefix of a few hundred MB: the interpreter, its
-// standard library and its site-packages (three layers with the shared
-// libraries), and a workload importing a few standard and third-party
-// modules.
-func benchPython(prefix string) pyImage {
-	return pyImage{
-		python: filepath.Join(prefix, "bin", "python3.11"),
-		dirs:   []string{filepath.Join(prefix, "lib", "python3.11", "site-packages"), filepath.Join(prefix, "lib")},
-		script: `import json, ssl, sqlite3, decimal, email.mime.text, http.client, yaml, click, attr, urllib3; print("` + readyLine + `", flush=True)`,
-	}
-}
 
 // coldStart is one cold start: pull and run to the ready line on a fresh
 // node (new containerd, new thaw, empty stores).
@@ -67,21 +56,14 @@ func TestLazyBenchmark(t *testing.T) {
 		}
 		rate = int64(r)
 	}
-	prefix := defaultBenchPython
-	if v := os.Getenv("THAW_LAZY_PYTHON"); v != "" {
-		prefix = v
-	}
-	img := benchPython(prefix)
-	if _, err := os.Stat(img.python); err != nil {
-		t.Fatalf("no Python at %s (set THAW_LAZY_PYTHON to a prefix with bin/python3.11): %v", prefix, err)
-	}
+	img, prefix := testenv.BenchPythonFromEnv(t, "THAW_LAZY_PYTHON")
 	l := newLink(t, rate)
 	reg := startRegistry(t, l)
 	plain, esgz := reg+"/pybench:plain", reg+"/pybench:esgz"
-	plainSize := img.push(t, plain)
+	plainSize := img.Push(t, plain)
 	recorder := startContainerd(t, filepath.Join(shortDir(t), "none.sock"))
-	convOut, startup, convTime := convert(t, plain, esgz, recorder.sock)
-	recorder.proc.Stop(t)
+	convOut, startup, convTime := convert(t, plain, esgz, recorder.Sock)
+	recorder.Proc.Stop(t)
 	esgzSize := imageSize(t, esgz)
 	t.Logf("plain %d bytes, eStargz %d bytes, %d start-up files; thaw convert took %s:\n%s", plainSize, esgzSize, startup, convTime.Round(time.Second), convOut)
 
@@ -133,22 +115,22 @@ func benchCold(t *testing.T, l *link, reg, name, ref string, size int64, snapsho
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	if err := n.ctrd.pull(ctx, ref, mirror, snapshotter); err != nil {
+	if err := n.ctrd.Pull(ctx, ref, mirror, snapshotter); err != nil {
 		t.Fatal(err)
 	}
 	pulled := time.Since(start)
-	readyAt, _ := n.ctrd.run(t, ref, snapshotter, readyLine)
+	readyAt, _ := n.ctrd.Run(t, ref, snapshotter, readyLine)
 	moved := l.rxBytes(t) - before
 	r := &coldStart{name: name, pull: pulled, ready: readyAt.Sub(start), linkBytes: moved, imageBytes: size, load: load, demand: -1}
 	if snapshotter == "stargz" && !direct {
 		r.demand = int64(n.thaw.scrape(t)[`thaw_lazy_fetched_bytes_total{kind="demand"}`])
 	}
 	if snapshotter == "stargz" {
-		r.remote, r.all = n.ctrd.remoteSnapshots(t)
+		r.remote, r.all = n.ctrd.RemoteSnapshots(t)
 	}
 	t.Logf("%s: pull %s, ready %s, %d bytes over the link (image %d)", name, r.pull.Round(time.Millisecond), r.ready.Round(time.Millisecond), moved, size)
 	n.thaw.proc.Stop(t)
-	n.ctrd.proc.Stop(t)
+	n.ctrd.Proc.Stop(t)
 	return r
 }
 

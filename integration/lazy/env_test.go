@@ -4,7 +4,6 @@ package lazy
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -15,13 +14,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/stargz-snapshotter/fs/source"
 
 	"github.com/thaw-dev/thaw/integration/testenv"
 )
@@ -173,15 +167,32 @@ func get(url string) error {
 	return nil
 }
 
+// The containerd and image helpers shared with integration/cluster.
+type (
+	ctrd    = testenv.Containerd
+	pyImage = testenv.PyImage
+)
+
+const readyLine = testenv.ReadyLine
+
+var (
+	fuseMounts  = testenv.FUSEMounts
+	imageSize   = testenv.ImageSize
+	smallPython = testenv.SmallPython
+)
+
 // shortDir is a temporary directory with a short path, for unix sockets.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("/tmp", "thl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
+func shortDir(t *testing.T) string { return testenv.ShortDir(t, "thl") }
+
+// startContainerd starts a containerd in the test's namespace whose stargz
+// proxy snapshotter is at snapshotterSocket.
+func startContainerd(t *testing.T, snapshotterSocket string) *ctrd {
+	return testenv.StartContainerd(t, "", snapshotterSocket)
+}
+
+// convert runs `thaw convert --record`; see testenv.Convert.
+func convert(t *testing.T, plain, esgz, sock string) (string, int, time.Duration) {
+	return testenv.Convert(t, thawBin, plain, esgz, sock)
 }
 
 // thaw is a `thaw daemon` with the stargz snapshotter on.
@@ -253,179 +264,4 @@ func (d *thaw) scrape(t *testing.T) map[string]float64 {
 		}
 	}
 	return series
-}
-
-// ctrd is a containerd 1.6 with the stargz proxy snapshotter at socket.
-type ctrd struct {
-	sock string
-	root string
-	proc *testenv.Process
-}
-
-func startContainerd(t *testing.T, snapshotterSocket string) *ctrd {
-	t.Helper()
-	dir := shortDir(t)
-	c := &ctrd{sock: filepath.Join(dir, "c.sock"), root: filepath.Join(dir, "root")}
-	// The proxy_plugins section is deploy/containerd's, with the socket
-	// of the test's daemon.
-	config := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[proxy_plugins]
-  [proxy_plugins.stargz]
-    type = "snapshot"
-    address = %q
-`, c.root, filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", snapshotterSocket)
-	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unmountUnder(t, dir) })
-	c.proc = testenv.Start(t, t.TempDir(), "containerd", "", testenv.CleanEnv(), "containerd", "-c", cfg)
-	c.proc.WaitFor(t, "answering ctr version", 30*time.Second, func() error {
-		_, err := c.ctr(10*time.Second, "version")
-		return err
-	})
-	return c
-}
-
-func (c *ctrd) ctr(timeout time.Duration, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return testenv.RunCmd(ctx, testenv.CleanEnv(), "ctr", append([]string{"-a", c.sock, "-n", "default"}, args...)...)
-}
-
-// pull pulls ref and unpacks it into snapshotter, with every request sent
-// to mirror (host:port over plain HTTP; for the registry itself, its
-// address). For the stargz snapshotter it adds the labels with which the
-// snapshotter mounts eStargz layers remotely, as `ctr-remote images rpull`
-// does (the CRI plugin adds equivalent ones).
-func (c *ctrd) pull(ctx context.Context, ref, mirror, snapshotter string) error {
-	client, err := containerd.New(c.sock, containerd.WithDefaultNamespace("default"))
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: func(string) ([]docker.RegistryHost, error) {
-		return []docker.RegistryHost{{Client: &http.Client{}, Host: mirror, Scheme: "http", Path: "/v2",
-			Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve}}, nil
-	}})
-	opts := []containerd.RemoteOpt{containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter)}
-	if snapshotter == "stargz" {
-		opts = append(opts, containerd.WithImageHandlerWrapper(source.AppendDefaultLabelsHandlerWrapper(ref, 0)))
-	}
-	if _, err := client.Pull(ctx, ref, opts...); err != nil {
-		return fmt.Errorf("pull %s into %s through %s: %w", ref, snapshotter, mirror, err)
-	}
-	return nil
-}
-
-// runUntil runs ref in a new container with snapshotter and returns when
-// the container prints a line containing ready (and the container's whole
-// output once it exits).
-func (c *ctrd) run(t *testing.T, ref, snapshotter, ready string) (readyAt time.Time, out string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	id := fmt.Sprintf("lazy-%d", time.Now().UnixNano())
-	cmd := exec.CommandContext(ctx, "ctr", "-a", c.sock, "-n", "default", "run", "--rm", "--snapshotter", snapshotter, ref, id)
-	cmd.Env = testenv.CleanEnv()
-	cmd.WaitDelay = 5 * time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		b.WriteString(sc.Text() + "\n")
-		if readyAt.IsZero() && strings.Contains(sc.Text(), ready) {
-			readyAt = time.Now()
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("ctr run %s (%s): %v\n%s%s", ref, snapshotter, err, b.String(), stderr.String())
-	}
-	if readyAt.IsZero() {
-		t.Fatalf("ctr run %s (%s): no %q line in its output:\n%s%s", ref, snapshotter, ready, b.String(), stderr.String())
-	}
-	return readyAt, b.String()
-}
-
-// remoteSnapshots counts the committed snapshots of the stargz snapshotter
-// that it mounted remotely (label containerd.io/snapshot/remote), and all
-// its committed snapshots.
-func (c *ctrd) remoteSnapshots(t *testing.T) (remote, all int) {
-	t.Helper()
-	out, err := c.ctr(30*time.Second, "snapshots", "--snapshotter", "stargz", "ls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(out, "\n")[1:] {
-		f := strings.Fields(line) // KEY [PARENT] KIND
-		if len(f) < 2 || f[len(f)-1] != "Committed" {
-			continue
-		}
-		all++
-		info, err := c.ctr(30*time.Second, "snapshots", "--snapshotter", "stargz", "info", f[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Contains(info, `"containerd.io/snapshot/remote"`) {
-			remote++
-		}
-	}
-	return remote, all
-}
-
-// fuseMounts counts the FUSE mounts below dir.
-func fuseMounts(t *testing.T, dir string) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 10 || !strings.HasPrefix(f[4], dir) {
-			continue
-		}
-		for i := 6; i < len(f)-1; i++ {
-			if f[i] == "-" && strings.HasPrefix(f[i+1], "fuse") {
-				n++
-			}
-		}
-	}
-	return n
-}
-
-// unmountUnder detaches whatever is still mounted under dir (containers'
-// rootfs, FUSE layers) so that the temp dir can be removed.
-func unmountUnder(t *testing.T, dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	lines := strings.Split(string(b), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		f := strings.Fields(lines[i])
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
-		}
-	}
 }

@@ -36,16 +36,16 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{link: l, reg: startRegistry(t, l)}
 	img := smallPython()
 	f.plain, f.esgz = f.reg+"/py:plain", f.reg+"/py:esgz"
-	f.plainSize = img.push(t, f.plain)
+	f.plainSize = img.Push(t, f.plain)
 	// The workload is recorded in a containerd of its own.
 	recorder := startContainerd(t, filepath.Join(shortDir(t), "none.sock"))
 	var recorded int
-	f.convertLines, recorded, _ = convert(t, f.plain, f.esgz, recorder.sock)
+	f.convertLines, recorded, _ = convert(t, f.plain, f.esgz, recorder.Sock)
 	// The interpreter, its libraries and the modules the script imports.
 	if recorded < 20 {
 		t.Fatalf("thaw convert --record recorded %d files, want the interpreter, its libraries and modules (20 or more):\n%s", recorded, f.convertLines)
 	}
-	recorder.proc.Stop(t)
+	recorder.Proc.Stop(t)
 	f.esgzSize = imageSize(t, f.esgz)
 	t.Logf("image: %d bytes plain, %d as eStargz; %s", f.plainSize, f.esgzSize, strings.TrimSpace(f.convertLines))
 	return f
@@ -60,7 +60,7 @@ type node struct {
 func newNode(t *testing.T, reg string, extra ...string) *node {
 	t.Helper()
 	dir := shortDir(t)
-	t.Cleanup(func() { unmountUnder(t, dir) }) // after thaw stops (cleanups run last first)
+	t.Cleanup(func() { testenv.UnmountUnder(dir) }) // after thaw stops (cleanups run last first)
 	d := startThaw(t, filepath.Join(dir, "data"), filepath.Join(dir, "sn.sock"), reg, extra...)
 	return &node{thaw: d, ctrd: startContainerd(t, d.socket)}
 }
@@ -83,11 +83,11 @@ func testTamperedTOC(t *testing.T, f *fixture) {
 	n := newNode(t, f.reg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := n.ctrd.pull(ctx, bad, n.thaw.mirror, "stargz"); err != nil {
+	if err := n.ctrd.Pull(ctx, bad, n.thaw.mirror, "stargz"); err != nil {
 		t.Fatal(err)
 	}
-	n.ctrd.run(t, bad, "stargz", readyLine)
-	remote, all := n.ctrd.remoteSnapshots(t)
+	n.ctrd.Run(t, bad, "stargz", readyLine)
+	remote, all := n.ctrd.RemoteSnapshots(t)
 	if all != 2 || remote != 1 {
 		t.Errorf("%d of %d snapshots remote, want 1 of 2 (the layer with the wrong TOC digest unpacked)", remote, all)
 	}
@@ -110,13 +110,13 @@ func testEStargzLazy(t *testing.T, f *fixture) {
 	before := f.link.rxBytes(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := n.ctrd.pull(ctx, f.esgz, n.thaw.mirror, "stargz"); err != nil {
+	if err := n.ctrd.Pull(ctx, f.esgz, n.thaw.mirror, "stargz"); err != nil {
 		t.Fatal(err)
 	}
-	_, out := n.ctrd.run(t, f.esgz, "stargz", readyLine)
+	_, out := n.ctrd.Run(t, f.esgz, "stargz", readyLine)
 	moved := f.link.rxBytes(t) - before
 
-	remote, all := n.ctrd.remoteSnapshots(t)
+	remote, all := n.ctrd.RemoteSnapshots(t)
 	if all != 2 || remote != all {
 		t.Errorf("%d of %d committed snapshots are remote (lazily mounted), want 2 of 2", remote, all)
 	}
@@ -159,11 +159,11 @@ func testPlainFallback(t *testing.T, f *fixture) {
 	n := newNode(t, f.reg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := n.ctrd.pull(ctx, f.plain, n.thaw.mirror, "stargz"); err != nil {
+	if err := n.ctrd.Pull(ctx, f.plain, n.thaw.mirror, "stargz"); err != nil {
 		t.Fatal(err)
 	}
-	n.ctrd.run(t, f.plain, "stargz", readyLine)
-	remote, all := n.ctrd.remoteSnapshots(t)
+	n.ctrd.Run(t, f.plain, "stargz", readyLine)
+	remote, all := n.ctrd.RemoteSnapshots(t)
 	if remote != 0 || all != 2 {
 		t.Errorf("%d of %d snapshots remote, want 0 of 2 (unpacked locally)", remote, all)
 	}
@@ -193,23 +193,23 @@ func testSnapshotterKilled(t *testing.T, f *fixture) {
 	n := newNode(t, f.reg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := n.ctrd.pull(ctx, f.esgz, n.thaw.mirror, "stargz"); err != nil {
+	if err := n.ctrd.Pull(ctx, f.esgz, n.thaw.mirror, "stargz"); err != nil {
 		t.Fatal(err)
 	}
-	n.ctrd.run(t, f.esgz, "stargz", readyLine)
+	n.ctrd.Run(t, f.esgz, "stargz", readyLine)
 
 	n.thaw.proc.Kill(t)
-	if _, err := n.ctrd.ctr(10*time.Second, "version"); err != nil {
+	if _, err := n.ctrd.Ctr(10*time.Second, "version"); err != nil {
 		t.Fatalf("containerd stopped answering after the snapshotter died: %v", err)
 	}
 	start := time.Now()
-	if _, err := n.ctrd.ctr(60*time.Second, "snapshots", "--snapshotter", "stargz", "ls"); err == nil {
+	if _, err := n.ctrd.Ctr(60*time.Second, "snapshots", "--snapshotter", "stargz", "ls"); err == nil {
 		t.Error("listing the dead snapshotter's snapshots succeeded")
 	} else if strings.Contains(err.Error(), "signal: killed") {
 		t.Errorf("a call to the dead snapshotter hung until killed (%s)", time.Since(start))
 	}
 	// Other snapshotters are unaffected.
-	if _, err := n.ctrd.ctr(30*time.Second, "snapshots", "--snapshotter", "overlayfs", "ls"); err != nil {
+	if _, err := n.ctrd.Ctr(30*time.Second, "snapshots", "--snapshotter", "overlayfs", "ls"); err != nil {
 		t.Errorf("overlayfs snapshots after the stargz snapshotter died: %v", err)
 	}
 
@@ -222,12 +222,12 @@ func testSnapshotterKilled(t *testing.T, f *fixture) {
 	}
 	// containerd redials a proxy snapshotter with gRPC's backoff (1 s,
 	// growing 1.6 times a failure), so it finds the new one within seconds.
-	n.ctrd.proc.WaitFor(t, "containerd reaching the restarted snapshotter", 2*time.Minute, func() error {
-		_, err := n.ctrd.ctr(10*time.Second, "snapshots", "--snapshotter", "stargz", "ls")
+	n.ctrd.Proc.WaitFor(t, "containerd reaching the restarted snapshotter", 2*time.Minute, func() error {
+		_, err := n.ctrd.Ctr(10*time.Second, "snapshots", "--snapshotter", "stargz", "ls")
 		return err
 	})
-	_, out := n.ctrd.run(t, f.esgz, "stargz", readyLine)
-	remote, all := n.ctrd.remoteSnapshots(t)
+	_, out := n.ctrd.Run(t, f.esgz, "stargz", readyLine)
+	remote, all := n.ctrd.RemoteSnapshots(t)
 	if remote != all || all == 0 {
 		t.Errorf("after the restart %d of %d snapshots are remote", remote, all)
 	}
