@@ -21,13 +21,6 @@ import (
 	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
-// The names of this run's namespaces and links end the pid with a letter:
-// removeLeftovers of another run of this package, starting while this one
-// runs, reads the digits after "thw" as the pid, and with the network's id
-// digit right after the pid (thw<pid><id>) it took a live run's names for a
-// dead one's and deleted them (seen: a burst benchmark starting removed a
-// running lazy benchmark's network). netns_test.go is where this belongs.
-func init() { runPrefix += "p" }
 
 // lazyTools are what the lazy cluster tests need beyond requiredTools.
 var lazyTools = []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2", "ldd", "/dev/fuse"}

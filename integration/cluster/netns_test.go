@@ -25,9 +25,10 @@ import (
 func netnsPath(name string) string { return "/var/run/netns/" + name }
 
 // runPrefix starts the name of every namespace and link this test binary
-// creates: "thw" and its pid, so that a later run can tell leftovers of a
-// dead run from another live run's.
-var runPrefix = fmt.Sprintf("thw%d", os.Getpid())
+// creates: "thw", its pid and a "p" that ends the pid (a network's id
+// follows), so that a later run can tell leftovers of a dead run from
+// another live run's.
+var runPrefix = fmt.Sprintf("thw%dp", os.Getpid())
 
 // networks counts the networks this run created, to name each uniquely.
 var networks atomic.Int32
