@@ -21,7 +21,6 @@ import (
 	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
-
 // lazyTools are what the lazy cluster tests need beyond requiredTools.
 var lazyTools = []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2", "ldd", "/dev/fuse"}
 
