@@ -451,7 +451,8 @@ func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash
 // stream copies the hole's bytes into the ingestion, opening the source at
 // the hole's start when body is nil (a closed range from a range source).
 // It returns early, without error, where a range request for a reader took
-// over the next bytes or they are present already.
+// over the next bytes or they are present already; from a source without
+// ranges it streams on to the end instead, skipping what is present.
 //
 // At a bounded rate from a range source, it asks for one chunk at a time,
 // after the rate allows it, so the source sends no more than the rate;
@@ -459,6 +460,14 @@ func (f *Fetcher) ingest(ctx context.Context, repo name.Repository, dgst v1.Hash
 func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCloser) error {
 	paced := false
 	var own store.Range // the fill's claim while paced
+	// From a source that only streams (the peer network), reopening at each
+	// gap the readers left would start its stream again (a peer download
+	// reads ahead), so the fill streams on to the blob's end, writing only
+	// what is still missing.
+	through := !ft.fillRangesUsable()
+	if through {
+		hole.End = ft.size
+	}
 	if body == nil {
 		if ft.paced() && ft.fillRangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
@@ -499,13 +508,23 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 				}
 				at.idle.Reset(f.cfg.IdleTimeout)
 			}
-			more, werr := ft.write(buf[:n], pos, own)
-			if werr != nil {
-				return werr
-			}
-			pos += int64(n)
-			if !more {
-				return nil
+			if through {
+				if werr := ft.writeMissing(buf[:n], pos); werr != nil {
+					return werr
+				}
+				pos += int64(n)
+				if len(ft.ing.Missing(pos, ft.size)) == 0 {
+					return nil
+				}
+			} else {
+				more, werr := ft.write(buf[:n], pos, own)
+				if werr != nil {
+					return werr
+				}
+				pos += int64(n)
+				if !more {
+					return nil
+				}
 			}
 		}
 		if err == io.EOF && pos < hole.End {

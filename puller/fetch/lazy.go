@@ -351,6 +351,24 @@ func (r *ranged) write(p []byte, pos int64, own store.Range) (more bool, err err
 	return end >= r.size || len(r.ing.Missing(end, end+1)) > 0, nil
 }
 
+// writeMissing writes the bytes of p (at pos) that are missing and that no
+// range request is writing, and skips the rest.
+func (r *ranged) writeMissing(p []byte, pos int64) error {
+	end := pos + int64(len(p))
+	r.mu.Lock()
+	free := store.Subtract(r.ing.Missing(pos, end), r.claimed)
+	r.claimed = append(r.claimed, free...)
+	r.mu.Unlock()
+	var err error
+	for _, c := range free {
+		if err == nil {
+			_, err = r.ing.WriteAt(p[c.Start-pos:c.End-pos], c.Start)
+		}
+		r.release(c)
+	}
+	return err
+}
+
 // demand starts range requests for the missing chunks covering [start, end)
 // that nobody is writing yet, coalesced into requests of at most
 // MaxRangeRequest bytes. It does not wait for them.
