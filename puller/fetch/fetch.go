@@ -259,6 +259,11 @@ func (f *Fetcher) start(repo name.Repository, dgst v1.Hash, lazy bool) *fetch {
 	}
 	ft := &fetch{started: make(chan struct{}), done: make(chan struct{})}
 	ft.init(f, repo, dgst, lazy)
+	if lazy {
+		// A lazy open comes just before its reader's first range: the
+		// fill counts it as reading, and waits its quiet time.
+		f.demand.touch(time.Now())
+	}
 	f.active[dgst] = ft
 	f.wg.Add(1)
 	go func() {
@@ -469,6 +474,15 @@ func (f *Fetcher) stream(ft *fetch, at attempt, hole store.Range, body io.ReadCl
 		hole.End = ft.size
 	}
 	if body == nil {
+		if through && ft.paced() {
+			// Opening a peer stream starts its download at full speed:
+			// not while readers wait for their ranges.
+			at.idle.Stop()
+			if err := ft.yield(at.ctx); err != nil {
+				return err
+			}
+			at.idle.Reset(f.cfg.IdleTimeout)
+		}
 		if ft.paced() && ft.fillRangesUsable() {
 			hole.End = min(hole.End, hole.Start+f.cfg.ChunkSize)
 			// Waiting for the rate is not the source stalling.

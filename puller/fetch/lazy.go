@@ -98,6 +98,9 @@ type demandTracker struct {
 
 func (d *demandTracker) begin() { d.inFlight.Add(1) }
 
+// touch counts now as a moment readers were active.
+func (d *demandTracker) touch(now time.Time) { d.last.Store(now.UnixNano()) }
+
 func (d *demandTracker) end(now time.Time) {
 	d.last.Store(now.UnixNano())
 	d.inFlight.Add(-1)

@@ -529,6 +529,7 @@ func TestLazyRangesBesideASequentialSource(t *testing.T) {
 	src := &streamOnly{Source: up}
 	cfg := slowConfig()
 	cfg.CountBytes, cfg.SourceName, cfg.Ranges = false, "cluster", up
+	cfg.DemandQuiet, cfg.MaxYield = time.Minute, time.Minute
 	e := newEnv(t, cfg, nil, src, nil)
 
 	b, _, err := e.fetcher.OpenLazy(t.Context(), o.repo, dgst)
@@ -543,6 +544,11 @@ func TestLazyRangesBesideASequentialSource(t *testing.T) {
 	tailRange := fmt.Sprintf("bytes=%d-%d", size-mib, size-1)
 	if !slicesContains(o.seen(), tailRange) {
 		t.Fatalf("origin saw %v, want the tail's chunk by range", o.seen())
+	}
+	// The Source's stream (a peer download at full speed) is not opened
+	// while readers are fetching their ranges.
+	if got := src.calls.Load(); got != 0 {
+		t.Errorf("the Source's stream was opened %d times while a reader read; want it to wait", got)
 	}
 	// A read in the middle too: the fill then has two gaps to fill.
 	midRange := fmt.Sprintf("bytes=%d-%d", 3*mib, 4*mib-1)
