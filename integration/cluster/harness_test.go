@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +28,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // Ports every daemon uses inside its own namespace.
@@ -97,33 +98,6 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
-// httpClient makes the tests' own HTTP calls. It keeps no idle connections,
-// so that no connection goroutine outlives a test (goleak checks).
-var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-
-func httpGet(url string) (int, string, error) {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-func wantStatus200(url string) func() error {
-	return func() error {
-		code, body, err := httpGet(url)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusOK {
-			return fmt.Errorf("GET %s: %d %s", url, code, body)
-		}
-		return nil
-	}
-}
-
 // registry is a docker-registry (CNCF distribution 2.8) in its own
 // namespace, with filesystem storage in the harness's directory.
 type registry struct {
@@ -157,7 +131,7 @@ http:
 	}
 	r := &registry{host: h, addr: addr}
 	r.proc = startProcess(t, dir, "docker-registry", h.name, cleanEnv(), "docker-registry", "serve", cfgPath)
-	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
+	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, testenv.WantStatus200("http://"+addr+"/v2/"))
 	return r
 }
 
@@ -321,7 +295,7 @@ func (h *harness) launchDaemon(t *testing.T, i int, o daemonOpts) *daemon {
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
 	d.proc.WaitFor(t, "answering on metrics and API", 60*time.Second, func() error {
-		if err := wantStatus200(d.metrics)(); err != nil {
+		if err := testenv.WantStatus200(d.metrics)(); err != nil {
 			return err
 		}
 		_, err := d.cliErr(10*time.Second, "status")
@@ -393,7 +367,7 @@ func (d *daemon) assertComplete(t *testing.T, img testImage) {
 // scrape reads /metrics into series (name{labels} as exposed) → value.
 // A series never incremented is absent, which reads as 0.
 func (d *daemon) scrape() (map[string]float64, error) {
-	code, body, err := httpGet(d.metrics)
+	code, body, err := testenv.HTTPGet(d.metrics)
 	if err != nil {
 		return nil, err
 	}

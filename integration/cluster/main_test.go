@@ -6,13 +6,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // thawBin is the thaw binary under test, set by TestMain.
@@ -30,13 +30,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "cluster: these tests create network namespaces, so they need root (sudo go test -tags e2e ./integration/cluster/)")
 		return 1
 	}
-	var missing []string
-	for _, tool := range requiredTools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := testenv.Missing(requiredTools...); len(missing) > 0 {
 		fmt.Fprintf(os.Stderr, "cluster: missing %s on PATH; install iproute2, util-linux, iptables and docker-registry (integration/e2e-deps.sh installs the registry)\n", strings.Join(missing, ", "))
 		return 1
 	}
@@ -51,12 +45,9 @@ func run(m *testing.M) int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if thawBin = os.Getenv("THAW_E2E_BIN"); thawBin == "" {
-		thawBin = filepath.Join(binDir, "thaw")
-		if err := goBuild(ctx, thawBin, "github.com/thaw-dev/thaw/cmd/thaw"); err != nil {
-			fmt.Fprintln(os.Stderr, "cluster: build thaw:", err)
-			return 1
-		}
+	if thawBin, err = testenv.BuildThaw(ctx, binDir); err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:", err)
+		return 1
 	}
 
 	code := m.Run()
@@ -67,13 +58,4 @@ func run(m *testing.M) int {
 		}
 	}
 	return code
-}
-
-func goBuild(ctx context.Context, out, pkg string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-	}
-	return nil
 }

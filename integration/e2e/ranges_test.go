@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
 // TestRangesFromRealRegistry: range reads through thaw of a blob it does not
@@ -53,7 +55,7 @@ func TestRangesFromRealRegistry(t *testing.T) {
 		if rangeHeader != "" {
 			req.Header.Set("Range", rangeHeader)
 		}
-		resp, err := httpClient.Do(req)
+		resp, err := testenv.HTTPClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

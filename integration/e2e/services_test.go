@@ -22,33 +22,6 @@ import (
 	"github.com/thaw-dev/thaw/integration/testenv"
 )
 
-// httpClient makes the tests' own HTTP calls. It keeps no idle connections,
-// so that no connection goroutine outlives a test (goleak checks).
-var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-
-func httpGet(url string) (int, string, error) {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-func wantStatus200(url string) func() error {
-	return func() error {
-		code, body, err := httpGet(url)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusOK {
-			return fmt.Errorf("GET %s: %d %s", url, code, body)
-		}
-		return nil
-	}
-}
-
 // registry is a docker-registry (CNCF distribution 2.8) with filesystem
 // storage in the test's temp dir.
 type registry struct {
@@ -81,7 +54,7 @@ http:
 	}
 	r := &registry{addr: addr}
 	r.proc = startProcess(t, dir, "docker-registry", cleanEnv(), "docker-registry", "serve", cfgPath)
-	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, wantStatus200("http://"+addr+"/v2/"))
+	r.proc.WaitFor(t, "answering /v2/", 20*time.Second, testenv.WantStatus200("http://"+addr+"/v2/"))
 	return r
 }
 
@@ -289,10 +262,10 @@ func startThaw(t *testing.T, insecureRegistry string, extra ...string) *thawDaem
 	}, extra...)
 	d.proc = startProcess(t, dir, "thaw", cleanEnv("DOCKER_CONFIG="+dockerConfig), thawBin, args...)
 	d.proc.WaitFor(t, "answering on mirror and metrics", 20*time.Second, func() error {
-		if err := wantStatus200("http://" + d.mirrorAddr + "/v2/")(); err != nil {
+		if err := testenv.WantStatus200("http://" + d.mirrorAddr + "/v2/")(); err != nil {
 			return err
 		}
-		return wantStatus200("http://" + d.metricsAddr + "/metrics")()
+		return testenv.WantStatus200("http://" + d.metricsAddr + "/metrics")()
 	})
 	return d
 }
@@ -314,7 +287,7 @@ func (d *thawDaemon) cli(t *testing.T, args ...string) string {
 func (d *thawDaemon) blobSource(t *testing.T, registry, repo, digest string) string {
 	t.Helper()
 	url := "http://" + d.mirrorAddr + "/v2/" + repo + "/blobs/" + digest + "?ns=" + registry
-	resp, err := httpClient.Get(url)
+	resp, err := testenv.HTTPClient.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +362,7 @@ func (d *thawDaemon) counters(t *testing.T) byteCounters {
 // it saves; a series never incremented is absent, which reads as 0.
 func (d *thawDaemon) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
-	code, body, err := httpGet("http://" + d.metricsAddr + "/metrics")
+	code, body, err := testenv.HTTPGet("http://" + d.metricsAddr + "/metrics")
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("scrape thaw metrics: %d %v", code, err)
 	}

@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,8 +206,8 @@ func BuildThaw(ctx context.Context, dir string) (string, error) {
 		return bin, nil
 	}
 	bin := filepath.Join(dir, "thaw")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/thaw-dev/thaw/cmd/thaw")
-	cmd.Env = append(os.Environ(), "GOFLAGS=")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "github.com/thaw-dev/thaw/cmd/thaw")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build thaw: %w\n%s", err, out)
 	}
@@ -221,4 +223,33 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// HTTPClient makes the tests' own HTTP calls. It keeps no idle connections,
+// so that no connection goroutine outlives a test (goleak checks).
+var HTTPClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+
+// HTTPGet returns the status and body of GET url.
+func HTTPGet(url string) (int, string, error) {
+	resp, err := HTTPClient.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// WantStatus200 is a readiness check: GET url answers 200.
+func WantStatus200(url string) func() error {
+	return func() error {
+		code, body, err := HTTPGet(url)
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("GET %s: %d %s", url, code, body)
+		}
+		return nil
+	}
 }
