@@ -147,12 +147,12 @@ type recordSet map[string]p2p.Record
 func (s *state) applyRecords(c command) error {
 	grow := map[string]int{}
 	for _, r := range c.Put {
-		if _, ok := s.records[r.Kind][r.Key]; !ok && !deleted(c.Del, r) {
+		if _, ok := s.records[r.Kind][r.Key]; !ok && !containsRecord(c.Del, r) {
 			grow[r.Kind]++
 		}
 	}
 	for _, r := range c.Del {
-		if _, ok := s.records[r.Kind][r.Key]; ok && !put(c.Put, r) {
+		if _, ok := s.records[r.Kind][r.Key]; ok && !containsRecord(c.Put, r) {
 			grow[r.Kind]--
 		}
 	}
@@ -181,11 +181,10 @@ func (s *state) applyRecords(c command) error {
 	return nil
 }
 
-func deleted(del []p2p.Record, r p2p.Record) bool {
-	return slices.ContainsFunc(del, func(d p2p.Record) bool { return d.Kind == r.Kind && d.Key == r.Key })
+// containsRecord reports whether rs names r's kind and key.
+func containsRecord(rs []p2p.Record, r p2p.Record) bool {
+	return slices.ContainsFunc(rs, func(x p2p.Record) bool { return x.Kind == r.Kind && x.Key == r.Key })
 }
-
-func put(put []p2p.Record, r p2p.Record) bool { return deleted(put, r) }
 
 // expire deletes the records that expired by now.
 func (s *state) expireRecords(now time.Time) {

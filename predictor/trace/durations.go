@@ -7,8 +7,6 @@ import (
 	"io"
 	"maps"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,12 +57,7 @@ const durationsSchema = "HashOwner,HashApp,HashFunction,Average,Count,Minimum,Ma
 
 // LoadDurations reads a durations file (see ReadDurations).
 func LoadDurations(path string) (*Durations, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open durations: %w", err)
-	}
-	defer f.Close()
-	return ReadDurations(f, filepath.Base(path))
+	return load(path, "durations", ReadDurations)
 }
 
 // ReadDurations reads execution times in the schema of the Azure Functions
@@ -74,21 +67,13 @@ func LoadDurations(path string) (*Durations, error) {
 // columns ignored. Times are in milliseconds and must be finite and
 // non-negative. name is used in errors.
 func ReadDurations(r io.Reader, name string) (*Durations, error) {
-	cr := csv.NewReader(r)
-	cr.ReuseRecord = true
-	header, err := cr.Read()
-	if err == io.EOF {
-		return nil, &ParseError{File: name, Err: fmt.Errorf("%w: the file is empty; want a header line: %s", ErrSchema, durationsSchema)}
-	}
+	cr, header, err := readHeader(r, name, durationsSchema)
 	if err != nil {
-		return nil, csvError(name, err)
+		return nil, err
 	}
-	header = slices.Clone(header)
 	cols := map[string]int{}
 	pcts := map[int]int{} // percentile -> field index
 	for i, h := range header {
-		h = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
-		header[i] = h
 		if rest, ok := strings.CutPrefix(h, "percentile_Average_"); ok {
 			p, err := strconv.Atoi(rest)
 			if err != nil || p < 0 || p > 100 {

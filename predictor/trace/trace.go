@@ -95,12 +95,7 @@ const invocationsSchema = "HashOwner,HashApp,HashFunction,Trigger, then one colu
 
 // LoadInvocations reads an invocations file (see ReadInvocations).
 func LoadInvocations(path string) (*Invocations, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open trace: %w", err)
-	}
-	defer f.Close()
-	return ReadInvocations(f, filepath.Base(path))
+	return load(path, "trace", ReadInvocations)
 }
 
 // ReadInvocations reads a per-minute invocation trace in the schema of the
@@ -112,21 +107,14 @@ func LoadInvocations(path string) (*Invocations, error) {
 // per minute. A column with an empty header (a pandas index) is ignored.
 // name is used in errors.
 func ReadInvocations(r io.Reader, name string) (*Invocations, error) {
-	cr := csv.NewReader(r)
-	cr.ReuseRecord = true
-	header, err := cr.Read()
-	if err == io.EOF {
-		return nil, &ParseError{File: name, Err: fmt.Errorf("%w: the file is empty; want a header line: %s", ErrSchema, invocationsSchema)}
-	}
+	cr, header, err := readHeader(r, name, invocationsSchema)
 	if err != nil {
-		return nil, csvError(name, err)
+		return nil, err
 	}
-	header = slices.Clone(header) // ReuseRecord: the next Read overwrites it
 	cols := map[string]int{}
 	var minuteCols []int // field index of each minute column, in order
 	inv := &Invocations{}
 	for i, h := range header {
-		h = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
 		switch h {
 		case "":
 			continue
@@ -231,6 +219,38 @@ func parseCount(s string) (uint32, error) {
 }
 
 // csvError turns encoding/csv's error into a ParseError.
+// readHeader starts reading a CSV file: it returns the reader (records
+// reused, so callers copy what they keep) and the header, trimmed of
+// spaces and a byte-order mark. An empty file is an ErrSchema naming schema.
+func readHeader(r io.Reader, name, schema string) (*csv.Reader, []string, error) {
+	cr := csv.NewReader(r)
+	cr.ReuseRecord = true
+	header, err := cr.Read()
+	if err == io.EOF {
+		return nil, nil, &ParseError{File: name, Err: fmt.Errorf("%w: the file is empty; want a header line: %s", ErrSchema, schema)}
+	}
+	if err != nil {
+		return nil, nil, csvError(name, err)
+	}
+	header = slices.Clone(header) // ReuseRecord: the next Read overwrites it
+	for i, h := range header {
+		header[i] = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
+	}
+	return cr, header, nil
+}
+
+// load opens path and reads it with read; what names the file's kind in
+// errors.
+func load[T any](path, what string, read func(io.Reader, string) (T, error)) (T, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("open %s: %w", what, err)
+	}
+	defer f.Close()
+	return read(f, filepath.Base(path))
+}
+
 func csvError(name string, err error) error {
 	var pe *csv.ParseError
 	if errors.As(err, &pe) {
