@@ -26,6 +26,15 @@ import (
 // download spreads over the holders.
 const perPeer = 2
 
+// bitmapGap is the least time between two bitmap requests to one holder: a
+// holder's bitmap changes several times per piece, and sixteen nodes
+// watching each other would otherwise spend their CPU on bitmaps.
+const bitmapGap = 50 * time.Millisecond
+
+// nearlyDone is the share of a piece, in percent, still to come when its
+// fetch frees its slot for the next one.
+const nearlyDone = 20
+
 // avoidance is a peer this node does not ask, until a time.
 type avoidance struct{ until time.Time }
 
@@ -235,16 +244,24 @@ func (d *downloader) poke() {
 // or no progress is made for FallbackAfter.
 func (d *downloader) run() {
 	defer d.wg.Done()
-	poll := time.NewTicker(d.s.cfg.PollInterval)
+	// While no holder it knows offers a piece it lacks (at the start of a
+	// burst, before it has heard of the peers that took the seeder's first
+	// copies), it asks the coordinator five times as often.
+	fast := d.s.cfg.PollInterval / 5
+	poll := time.NewTicker(fast)
 	defer poll.Stop()
+	refreshed := time.Now()
 	for {
-		d.schedule()
+		starved := d.schedule()
 		select {
 		case <-d.ctx.Done():
 			return
 		case <-d.wake:
-		case <-poll.C:
-			d.refreshHolders()
+		case now := <-poll.C:
+			if now.Sub(refreshed) >= d.s.cfg.PollInterval || (starved && now.Sub(refreshed) >= fast) {
+				d.refreshHolders()
+				refreshed = now
+			}
 		}
 		d.mu.Lock()
 		done := d.next >= d.l.n
@@ -337,10 +354,19 @@ func (d *downloader) watch(p *peerState) {
 	defer d.wg.Done()
 	hashFrom := 0
 	backoff := 100 * time.Millisecond
+	var asked time.Time
 	for d.ctx.Err() == nil {
 		d.mu.Lock()
 		version, addr := p.version, p.addr
 		d.mu.Unlock()
+		if wait := time.Until(asked.Add(bitmapGap)); wait > 0 {
+			select { // changes that come within the gap arrive together
+			case <-time.After(wait):
+			case <-d.ctx.Done():
+				return
+			}
+		}
+		asked = time.Now()
 		b, err := d.s.getBitmap(d.ctx, addr, d.dgst, version, hashFrom, d.s.cfg.BitmapWait+d.s.cfg.StallTimeout)
 		if err != nil {
 			d.mu.Lock()
@@ -391,17 +417,21 @@ type attempt struct {
 	dup bool
 	// lost: another attempt got the piece first; this one was cancelled.
 	lost bool
+	// released: the attempt no longer counts against Parallel and perPeer
+	// (its piece is nearly in; see fetch).
+	released bool
 }
 
-// schedule starts piece fetches up to Parallel.
-func (d *downloader) schedule() {
+// schedule starts piece fetches up to Parallel. It reports whether it
+// found fewer than that to start (no known holder offers more).
+func (d *downloader) schedule() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
 	for d.running < d.s.cfg.Parallel {
 		i, p, dup := d.pickLocked(now)
 		if p == nil {
-			return
+			return true
 		}
 		ctx, cancel := context.WithCancel(d.ctx)
 		a := &attempt{peer: p, start: now, cancel: cancel, dup: dup}
@@ -411,6 +441,7 @@ func (d *downloader) schedule() {
 		d.wg.Add(1)
 		go d.fetch(ctx, i, a, p.addr)
 	}
+	return false
 }
 
 // pickLocked chooses the next piece and holder: the piece the reader waits
@@ -527,7 +558,16 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	if a.dup {
 		offer = func() {}
 	}
-	err := d.s.getPiece(ctx, addr, d.dgst, i, pt, offer)
+	// A piece nearly in frees its slot, so that the next request travels
+	// (through queues as long as the links' on a busy burst) while the last
+	// bytes still arrive and the link does not idle between pieces.
+	nearly := func() {
+		d.mu.Lock()
+		d.releaseLocked(a)
+		d.mu.Unlock()
+		d.poke()
+	}
+	err := d.s.getPiece(ctx, addr, d.dgst, i, pt, offer, nearly)
 	if err == nil {
 		err = d.verify(ctx, i, pt.buf, p.id)
 	}
@@ -538,8 +578,7 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	if len(d.inflight[i]) == 0 {
 		delete(d.inflight, i)
 	}
-	d.running--
-	p.inflight--
+	d.releaseLocked(a)
 	if err == nil {
 		for _, o := range d.inflight[i] { // the endgame's other copy lost
 			o.lost = true
@@ -590,6 +629,15 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	d.poke()
 }
 
+// releaseLocked stops counting a against Parallel and its peer's perPeer.
+func (d *downloader) releaseLocked(a *attempt) {
+	if !a.released {
+		a.released = true
+		d.running--
+		a.peer.inflight--
+	}
+}
+
 // errLost: an endgame fetch another copy of the piece beat.
 var errLost = errors.New("another copy of the piece arrived first")
 
@@ -631,8 +679,9 @@ func (s *Swarm) avoidPeer(id p2p.NodeID) {
 var errStalled = errors.New("peer stalled")
 
 // getPiece fetches piece i of dgst from the peer at addr into pt, calling
-// offer once the peer answered with the piece's bytes to come.
-func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, pt *part, offer func()) error {
+// offer once the peer answered with the piece's bytes to come and nearly
+// once the last nearlyDone of them are all that is left.
+func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, pt *part, offer, nearly func()) error {
 	size := int64(len(pt.buf))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -676,6 +725,10 @@ func (s *Swarm) getPiece(ctx context.Context, addr string, dgst v1.Hash, i int, 
 			}
 			got += int64(n)
 			pt.advance(n)
+			if nearly != nil && got >= size-size*nearlyDone/100 {
+				nearly()
+				nearly = nil
+			}
 		}
 		if err == io.EOF {
 			break

@@ -53,9 +53,16 @@ func (l *local) pieceLen(i int) int64 {
 	return l.pieceSize
 }
 
-// bumpLocked records a change and wakes the bitmap long-polls.
+// bumpLocked records a change peers see and wakes the bitmap long-polls.
 func (l *local) bumpLocked() {
 	l.version++
+	l.notifyLocked()
+}
+
+// notifyLocked wakes this node's own waiters (a digest or a piece it waits
+// for) without a new bitmap version: peers are not woken for a change they
+// cannot see.
+func (l *local) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -67,7 +74,11 @@ func (l *local) setHash(i int, h string) bool {
 	defer l.mu.Unlock()
 	if l.hashes[i] == "" {
 		l.hashes[i] = h
-		l.bumpLocked()
+		if l.trusted {
+			l.bumpLocked() // peers take digests from this node
+		} else {
+			l.notifyLocked()
+		}
 		return true
 	}
 	return l.hashes[i] == h
@@ -84,12 +95,17 @@ func (l *local) hash(i int) string {
 func (l *local) complete(i int, h string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	seen := !l.have[i] || l.parts[i] != nil || (l.trusted && h != "" && l.hashes[i] == "")
 	if h != "" && l.hashes[i] == "" {
 		l.hashes[i] = h
 	}
 	l.have[i] = true
 	delete(l.parts, i)
-	l.bumpLocked()
+	if seen {
+		l.bumpLocked()
+	} else {
+		l.notifyLocked()
+	}
 }
 
 // offerPart offers piece i to peers while it arrives in p.

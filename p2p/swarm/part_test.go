@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,7 +70,7 @@ func newForwarder(t *testing.T) *forwarder {
 // fetchAsync asks the forwarder for piece 0 as a peer does, into dst.
 func (f *forwarder) fetchAsync(ctx context.Context, dst *part) <-chan error {
 	errc := make(chan error, 1)
-	go func() { errc <- f.s.getPiece(ctx, f.addr, f.dgst, 0, dst, func() {}) }()
+	go func() { errc <- f.s.getPiece(ctx, f.addr, f.dgst, 0, dst, func() {}, nil) }()
 	return errc
 }
 
@@ -248,5 +249,69 @@ func TestSeederHidesPiecesItSentOut(t *testing.T) {
 	time.Sleep(60 * time.Millisecond)
 	if b := l.snapshot(-1, 0, nil); !has(b.Have, 0) {
 		t.Fatal("the piece is not offered again after the grace period")
+	}
+}
+
+// TestUnseenChangesWakeNoWatcher: a digest learned by an untrusted node, or
+// a piece moved from memory to the store, changes nothing its watchers see,
+// so it makes no new bitmap version (sixteen nodes watching each other
+// would otherwise trade bitmaps for nothing); the node's own waiters still
+// wake.
+func TestUnseenChangesWakeNoWatcher(t *testing.T) {
+	l := newLocal(2*testPiece, testPiece, false, false)
+	v := l.snapshot(-1, 0, nil).Version
+	got := make(chan string, 1)
+	go func() { got <- l.waitHash(0, t.Context().Done()) }()
+	h := strings.Repeat("ab", 32)
+	l.setHash(0, h)
+	if w := <-got; w != h {
+		t.Fatalf("waitHash returned %q, want the digest just learned", w)
+	}
+	if b := l.snapshot(-1, 0, nil); b.Version != v {
+		t.Fatalf("an untrusted node's digest moved the bitmap from version %d to %d", v, b.Version)
+	}
+	l.hold(0, make([]byte, testPiece))
+	v = l.snapshot(-1, 0, nil).Version
+	l.complete(0, h) // the reader took piece 0 into the store: still served
+	if b := l.snapshot(-1, 0, nil); b.Version != v || !has(b.Have, 0) {
+		t.Fatalf("storing a held piece: version %d -> %d, have %v; want no new version", v, b.Version, b.Have)
+	}
+	l.complete(1, h) // a piece new to peers
+	if b := l.snapshot(-1, 0, nil); b.Version == v || !has(b.Have, 1) {
+		t.Fatalf("a new piece: version stayed %d, have %v", b.Version, b.Have)
+	}
+
+	trusted := newLocal(2*testPiece, testPiece, true, false)
+	v = trusted.snapshot(-1, 0, nil).Version
+	trusted.setHash(0, h)
+	if b := trusted.snapshot(-1, 0, nil); b.Version == v || len(b.Hashes) == 0 || b.Hashes[0] != h {
+		t.Fatalf("a trusted node's new digest: version %d -> %d, hashes %q; want a new version carrying it", v, b.Version, b.Hashes)
+	}
+}
+
+// TestNearlyDoneFreesTheSlot: getPiece reports a piece nearly in once the
+// last nearlyDone percent of it is all that is left to come, and only once.
+func TestNearlyDoneFreesTheSlot(t *testing.T) {
+	f := newForwarder(t)
+	dst := newPart(testPiece)
+	var calls atomic.Int32
+	errc := make(chan error, 1)
+	go func() {
+		errc <- f.s.getPiece(t.Context(), f.addr, f.dgst, 0, dst, func() {}, func() { calls.Add(1) })
+	}()
+	before := int64(testPiece) * (100 - nearlyDone) / 100
+	f.pt.write(f.data[:before-1024])
+	waitBytes(t, dst, before-1024)
+	time.Sleep(50 * time.Millisecond)
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("nearly called %d times with %d of %d bytes in", n, before-1024, testPiece)
+	}
+	f.pt.write(f.data[before-1024 : testPiece])
+	f.pt.finish(true)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("nearly called %d times for one piece, want 1", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -335,5 +336,78 @@ func TestCompleteAnnouncementComesLast(t *testing.T) {
 	}
 	if len(st.Holders) != 1 || !st.Holders[0].Complete || st.Seeder != "" {
 		t.Fatalf("cluster state after the commit: seeder %q, holders %+v; want node0 complete and no seeder", st.Seeder, st.Holders)
+	}
+}
+
+// countingCoord counts the cluster-state reads of one node.
+type countingCoord struct {
+	p2p.Coordinator
+	blobs atomic.Int64
+}
+
+func (c *countingCoord) Blob(ctx context.Context, d v1.Hash) (p2p.BlobState, error) {
+	c.blobs.Add(1)
+	return c.Coordinator.Blob(ctx, d)
+}
+
+// TestStarvedDownloadAsksSooner: a download that no known holder can feed
+// (the seeder's pieces come slowly) asks the coordinator for new holders
+// five times per PollInterval, not once, so a node that joins a burst late
+// finds the peers that took the seeder's first copies without waiting a
+// whole interval.
+func TestStarvedDownloadAsksSooner(t *testing.T) {
+	o := newOrigin(t)
+	o.limit = rate.NewLimiter(1<<20, 64<<10) // 3 s for the blob
+	repo, d, data := o.blob(t, "starved", 3<<20)
+	cfg := testConfig()
+	cfg.PollInterval = 2 * time.Second
+	cfg.FallbackAfter = 20 * time.Second
+	var coords []*countingCoord
+	c := newClusterWith(t, 2, cfg, func(inner p2p.Coordinator) p2p.Coordinator {
+		cc := &countingCoord{Coordinator: inner}
+		coords = append(coords, cc)
+		return cc
+	})
+	burst(t, c, repo, d, data)
+	calls := max(coords[0].blobs.Load(), coords[1].blobs.Load())
+	// Once per interval is at most one read in the 3 s the blob takes (the
+	// first state comes with the seeder's claim); five times per interval
+	// is about seven.
+	if calls < 3 {
+		t.Fatalf("the downloader read the blob's holders %d times in a 3 s download with a 2 s poll interval; want >= 3 while starved", calls)
+	}
+	t.Logf("holder reads: %d and %d", coords[0].blobs.Load(), coords[1].blobs.Load())
+}
+
+// TestBitmapPollsAreSpaced: a holder whose bitmap changes many times a
+// second (the seeder, several changes per piece) is asked for it at most
+// once per 50 ms by each watcher; the changes in between arrive together.
+func TestBitmapPollsAreSpaced(t *testing.T) {
+	o := newOrigin(t)
+	o.limit = rate.NewLimiter(4<<20, 64<<10) // 1 s for the blob
+	repo, d, data := o.blob(t, "spaced", 4<<20)
+	cfg := testConfig()
+	cfg.PieceSize = 64 << 10 // 64 pieces: a few hundred changes at the seeder
+	c := newCluster(t, 2, cfg)
+	var polls atomic.Int64
+	for _, n := range c.nodes {
+		inner := n.swarm.Handler()
+		n.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/pieces") {
+				polls.Add(1)
+			}
+			inner.ServeHTTP(w, r)
+		}))
+	}
+	start := time.Now()
+	burst(t, c, repo, d, data)
+	took := time.Since(start)
+	// One watcher (the downloader watching the seeder), one request per
+	// 50 ms at most, plus the size probe and the first request.
+	if limit := int64(took/(50*time.Millisecond)) + 3; polls.Load() > limit {
+		t.Fatalf("%d bitmap requests in %s; want at most %d (one per 50 ms)", polls.Load(), took, limit)
+	}
+	if polls.Load() < 2 {
+		t.Fatalf("%d bitmap requests: the download did not watch the seeder", polls.Load())
 	}
 }
