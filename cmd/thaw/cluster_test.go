@@ -188,6 +188,12 @@ func TestClusterBurstOneOriginCopy(t *testing.T) {
 			t.Fatal("the node with a foreign certificate joined the cluster")
 		}
 	}
+
+	// `thaw peers remove` reaches the leader, which refuses a live node.
+	if _, err := thaw(t.Context(), "peers", "remove", "n1", "--data-dir", n0.dir); err == nil || !strings.Contains(err.Error(), "alive") {
+		t.Fatalf("thaw peers remove of a live node: %v, want a refusal saying it is alive", err)
+	}
+	waitMembers(t, n0.dir, 3)
 }
 
 // waitMembers polls `thaw peers` until n members are listed.

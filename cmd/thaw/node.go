@@ -209,6 +209,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		network = "unix"
 	}
 	n.api.Handle("GET /api/v1/peers", peersHandler(pn.cluster))
+	n.api.Handle("POST /api/v1/peers/remove", removePeerHandler(pn.cluster))
 	if n.predict, err = newPredictor(cfg.Predict, cfg.DataDir, pn.cluster.Self().ID, pn.cluster, pf, f, st, reg, log); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -175,6 +176,31 @@ func peersHandler(c *cluster.Node) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(out)
 	})
+}
+
+// removePeerHandler serves POST /api/v1/peers/remove for `thaw peers
+// remove`: the leader takes a node gone for good out of the cluster.
+func removePeerHandler(c *cluster.Node) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req removePeerRequest
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil || req.Node == "" {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"error": "want {\"node\": \"ID\"}"})
+			return
+		}
+		if err := c.Remove(r.Context(), req.Node); err != nil {
+			w.WriteHeader(http.StatusConflict)
+			json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf("remove %s: %v", req.Node, err)})
+			return
+		}
+		json.NewEncoder(w).Encode(req)
+	})
+}
+
+// removePeerRequest is POST /api/v1/peers/remove.
+type removePeerRequest struct {
+	Node p2p.NodeID `json:"node"`
 }
 
 // peersAnswer is GET /api/v1/peers.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/thaw-dev/thaw/p2p"
 	"github.com/thaw-dev/thaw/p2p/certs"
 	"github.com/thaw-dev/thaw/puller/api"
 )
@@ -67,7 +68,31 @@ func newPeersCmd(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&blob, "blob", "", "also show this blob's holders and seeder (sha256:...)")
+	cmd.AddCommand(newPeersRemoveCmd(g))
 	return cmd
+}
+
+func newPeersRemoveCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NODE",
+		Short: "Take a node gone for good out of the cluster (out of the Raft voters, its holdings dropped)",
+		Long: `Take a node that is gone for good out of the cluster: out of the Raft
+configuration if it is a voter, so that it no longer counts towards the
+quorum and the next node that joins able to vote takes its seat, and out of
+the members with everything it held. The node must have been silent for
+longer than the cluster's expiry and must not lead (stop the leader first;
+another voter takes over). A removed node that comes back joins again.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := removePeerRequest{Node: p2p.NodeID(args[0])}
+			var out removePeerRequest
+			if err := api.NewClient(g.apiAddr()).Post(cmd.Context(), "/api/v1/peers/remove", req, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s from the cluster\n", req.Node)
+			return nil
+		},
+	}
 }
 
 func orNone(s string) string {

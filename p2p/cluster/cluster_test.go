@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/hashicorp/raft"
 
 	"github.com/thaw-dev/thaw/p2p"
 	"github.com/thaw-dev/thaw/p2p/certs"
@@ -796,5 +798,84 @@ func TestBootstrapExpect(t *testing.T) {
 	ms, err := nodes[0].node.Members(ctxT(t))
 	if err != nil || len(ms) != 5 {
 		t.Fatalf("Members = %d, %v", len(ms), err)
+	}
+}
+
+// raftVoters is the Raft configuration's voters as tn (the leader) has it.
+func raftVoters(t *testing.T, tn *testNode) map[p2p.NodeID]bool {
+	t.Helper()
+	f := tn.node.raft.Load().GetConfiguration()
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	out := map[p2p.NodeID]bool{}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out[p2p.NodeID(s.ID)] = true
+		}
+	}
+	return out
+}
+
+// TestRemoveDeadVoter: a voter gone for good is taken out of the Raft
+// configuration and the members by an operator's Remove, once it has been
+// silent past the expiry; its seat goes to the next node that joins able to
+// vote. Removing a live node or the leader is refused, and nothing changes.
+func TestRemoveDeadVoter(t *testing.T) {
+	h := newHarness(t)
+	nodes := formCluster(h, 4)
+	ctx := ctxT(t)
+	leader := leaderOf(t, nodes...)
+	voters, clients := roles(nodes)
+	if len(voters) != 3 || len(clients) != 1 {
+		t.Fatalf("%d voters and %d clients, want 3 and 1", len(voters), len(clients))
+	}
+	var dead *testNode
+	for _, v := range voters {
+		if v != leader {
+			dead = v
+			break
+		}
+	}
+	if err := clients[0].node.Remove(ctx, dead.id); err == nil || !strings.Contains(err.Error(), "alive") {
+		t.Fatalf("removing a live voter: %v, want a refusal naming it alive", err)
+	}
+	if err := clients[0].node.Remove(ctx, leader.id); err == nil || !strings.Contains(err.Error(), "leads") {
+		t.Fatalf("removing the leader: %v, want a refusal", err)
+	}
+	if got := raftVoters(t, leader); len(got) != 3 {
+		t.Fatalf("after the refusals the Raft voters are %v", got)
+	}
+
+	dead.kill()
+	// Refused while the leader may still hear from it, done once it expired.
+	eventually(t, 15*time.Second, func() error { return clients[0].node.Remove(ctx, dead.id) })
+	if got := raftVoters(t, leader); len(got) != 2 || got[dead.id] {
+		t.Fatalf("Raft voters after removing %s: %v", dead.id, got)
+	}
+	ms, err := leader.node.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.ID == dead.id {
+			t.Fatalf("%s is still a member: %+v", dead.id, m)
+		}
+	}
+	if err := clients[0].node.Remove(ctx, dead.id); !errors.Is(err, p2p.ErrNotMember) {
+		t.Fatalf("removing %s again: %v, want ErrNotMember", dead.id, err)
+	}
+
+	// The free seat goes to a node that joins able to vote.
+	fresh := h.start("n9", join(leader.cfg.PeerAddr))
+	fresh.waitJoined()
+	if !fresh.node.Self().Voter {
+		t.Fatal("a node joining with a voter seat free did not become a voter")
+	}
+	if got := raftVoters(t, leaderOf(t, leader, voters[0], voters[1], voters[2], fresh)); len(got) != 3 || !got[fresh.id] {
+		t.Fatalf("Raft voters after the new node joined: %v", got)
+	}
+	if err := clients[0].node.Announce(ctx, digest("after the removal"), 1, true); err != nil {
+		t.Fatalf("a write after the removal: %v", err)
 	}
 }

@@ -87,6 +87,14 @@ func (n *Node) Members(ctx context.Context) ([]p2p.Member, error) {
 	return ms, err
 }
 
+// Remove takes a node that is gone for good out of the cluster (see
+// leaderRemove): out of the Raft configuration if it votes, and out of the
+// members with everything it held. The node must have been silent for
+// longer than ExpireAfter, and must not lead.
+func (n *Node) Remove(ctx context.Context, id p2p.NodeID) error {
+	return n.call(ctx, routeRemove, "", nodeRequest{Node: id}, nil, n.cfg.RequestTimeout)
+}
+
 // Leader returns the current leader's ID and peer address as this node
 // knows them; empty when it knows none.
 func (n *Node) Leader() (p2p.NodeID, string) {

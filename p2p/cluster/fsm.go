@@ -24,6 +24,7 @@ const (
 	opAnnounce = "announce" // Node, Digest, Size, Complete
 	opDrop     = "drop"     // Node, Digest
 	opClaim    = "claim"    // Node, Digest, Size: claimSeeder
+	opRemove   = "remove"   // Node: an operator removed a node gone for good; its record goes, voter or not
 )
 
 // command is one entry of the Raft log.
@@ -124,6 +125,12 @@ func (s *state) apply(idx uint64, c command) applyResult {
 		if m.Voter {
 			m.Gone = true
 		} else {
+			delete(s.members, c.Node)
+		}
+		return applyResult{}
+	case opRemove:
+		if _, ok := s.members[c.Node]; ok {
+			s.forget(c.Node)
 			delete(s.members, c.Node)
 		}
 		return applyResult{}

@@ -37,6 +37,12 @@ func (n *Node) serve(ctx context.Context, rt route, arg string, body []byte) (an
 		_, err := n.applyLocal(ctx, command{Op: opLeave, Node: req.Node})
 		n.live.forget(req.Node)
 		return struct{}{}, err
+	case routeRemove:
+		var req nodeRequest
+		if err := decode(body, &req); err != nil {
+			return nil, err
+		}
+		return struct{}{}, n.leaderRemove(ctx, req.Node)
 	case routeClaim, routeAnnounce, routeDrop:
 		var req blobRequest
 		if err := decode(body, &req); err != nil {
@@ -174,6 +180,56 @@ func (n *Node) addVoter(ctx context.Context, r *raft.Raft, m memberRecord) error
 		return fmt.Errorf("%w: add node %s as a voter: %v", p2p.ErrNoLeader, m.ID, err)
 	}
 	n.log.Info("added a Raft voter", "node", m.ID, "raftAddr", m.RaftAddr)
+	return nil
+}
+
+// leaderRemove takes a node gone for good out of the cluster: out of the
+// Raft configuration if it is a voter (so that it no longer counts towards
+// the quorum, and its seat is free for the next node that joins able to
+// vote), and out of the members with its holdings. It refuses the leader
+// itself and a node heard from within ExpireAfter: removing a live node
+// would only have it join again, and removing the wrong voter of a cluster
+// that is one failure from losing its quorum would lose it.
+func (n *Node) leaderRemove(ctx context.Context, id p2p.NodeID) error {
+	if id == "" {
+		return fmt.Errorf("%w: no node", errBadRequest)
+	}
+	if id == n.cfg.NodeID {
+		return fmt.Errorf("%w: node %s leads the cluster; stop it (another voter takes over), then remove it", errBadRequest, id)
+	}
+	m, member := n.fsm.member(id)
+	if member && !m.Gone {
+		seen, ok := n.live.lastSeen(id)
+		if !ok {
+			return fmt.Errorf("%w: node %s may be alive (this leader has not watched it for %s yet); retry later", errBadRequest, id, n.cfg.ExpireAfter)
+		}
+		if time.Since(seen) <= n.cfg.ExpireAfter {
+			return fmt.Errorf("%w: node %s is alive (heard from %s ago); stop it first", errBadRequest, id, time.Since(seen).Round(time.Millisecond))
+		}
+	}
+	r := n.raft.Load()
+	if r == nil {
+		return fmt.Errorf("%w: this node does not run Raft", p2p.ErrNoLeader)
+	}
+	cf := r.GetConfiguration()
+	if err := waitFuture(ctx, cf); err != nil {
+		return fmt.Errorf("%w: read the Raft configuration: %v", p2p.ErrNoLeader, err)
+	}
+	inRaft := slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) })
+	if !member && !inRaft {
+		return fmt.Errorf("%w: node %s is not a member", p2p.ErrNotMember, id)
+	}
+	if inRaft {
+		if err := waitFuture(ctx, r.RemoveServer(raft.ServerID(id), 0, remaining(ctx, n.cfg.RequestTimeout))); err != nil {
+			return fmt.Errorf("%w: remove node %s from the Raft configuration: %v", p2p.ErrNoLeader, id, err)
+		}
+		n.log.Info("removed a Raft voter", "node", id)
+	}
+	if _, err := n.applyLocal(ctx, command{Op: opRemove, Node: id}); err != nil {
+		return err
+	}
+	n.live.forget(id)
+	n.log.Info("removed a node", "node", id, "voter", inRaft)
 	return nil
 }
 

@@ -60,8 +60,9 @@ var (
 	routeDrop      = route{"drop", http.MethodPost, "/p2p/v1/cluster/drop", atLeader}
 	routeMembers   = route{"members", http.MethodGet, "/p2p/v1/cluster/members", atLeader}
 	routeBlob      = route{"blob", http.MethodGet, "/p2p/v1/cluster/blobs/{digest}", atVoter}
+	routeRemove    = route{"remove", http.MethodPost, "/p2p/v1/cluster/remove", atLeader}
 
-	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob, routeRecordsPut, routeRecordsGet, routeHello}
+	routes = []route{routeJoin, routeLeave, routeHeartbeat, routeClaim, routeAnnounce, routeDrop, routeMembers, routeBlob, routeRecordsPut, routeRecordsGet, routeHello, routeRemove}
 )
 
 func (rt route) path(arg string) string {
