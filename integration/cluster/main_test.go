@@ -45,6 +45,7 @@ func run(m *testing.M) int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	thawRev = thawRevision() // now: the tree may change while a long benchmark runs
 	if thawBin, err = testenv.BuildThaw(ctx, binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		return 1
