@@ -43,10 +43,29 @@ type run struct {
 	state   predictor.JobState
 	fetched int64
 	used    bool
+	// failures of the job so far, and when a failed job runs again.
+	failures int
+	retryAt  time.Time
 }
 
 // maxJobsAtOnce bounds the jobs a node runs at once.
 const maxJobsAtOnce = 2
+
+// A failed job runs again while it is in force, after retryBase, twice
+// that after a second failure, and so on up to retryMax, at most
+// maxFailures times in all: a registry or a peer down for a minute should
+// not cost the prediction, and a job that cannot work should not run every
+// minute until it lapses.
+const (
+	retryBase   = 30 * time.Second
+	retryMax    = 8 * time.Minute
+	maxFailures = 5
+)
+
+// retryDelay is how long a job that failed failures times waits.
+func retryDelay(failures int) time.Duration {
+	return min(retryBase<<min(failures-1, 10), retryMax)
+}
 
 func newExecutor(s *Service, l *leases) *executor {
 	return &executor{s: s, leases: l, sem: make(chan struct{}, maxJobsAtOnce), runs: map[string]*run{}}
@@ -71,11 +90,21 @@ func (e *executor) tick(ctx context.Context) {
 		}
 		inForce[j.ID] = true
 		e.mu.Lock()
-		_, known := e.runs[j.ID]
-		if !known {
+		r, known := e.runs[j.ID]
+		if known && r.state == predictor.JobFailed && !r.retryAt.IsZero() && !now.Before(r.retryAt) && r.failures < maxFailures {
+			e.s.log.Info("running a failed prefetch job again", "job", j.ID, "failures", r.failures)
+			r.state, r.retryAt = predictor.JobPending, time.Time{}
+			known = false
+		}
+		if !known && r == nil {
 			if j.Status.State == predictor.JobDone || j.Status.State == predictor.JobFailed {
-				// Ran before a restart: its pins are in the lease file.
-				e.runs[j.ID] = &run{job: j.Job, state: j.Status.State, fetched: j.Status.Fetched}
+				// Ran before a restart: its pins are in the lease file. A
+				// failed one runs again at the next tick.
+				r := &run{job: j.Job, state: j.Status.State, fetched: j.Status.Fetched}
+				if r.state == predictor.JobFailed {
+					r.failures, r.retryAt = 1, now
+				}
+				e.runs[j.ID] = r
 				known = true
 			} else {
 				e.runs[j.ID] = &run{job: j.Job, state: predictor.JobPending}
@@ -126,6 +155,10 @@ func (e *executor) execute(ctx context.Context, j predictor.Job) {
 	e.mu.Lock()
 	if r, ok := e.runs[j.ID]; ok {
 		r.state, r.fetched = st.State, fetched
+		if st.State == predictor.JobFailed {
+			r.failures++
+			r.retryAt = e.s.now().Add(retryDelay(r.failures))
+		}
 	}
 	e.mu.Unlock()
 	if m := e.s.d.Metrics; m != nil {

@@ -484,3 +484,87 @@ func FuzzParseBatch(f *testing.F) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+// TestFailedJobRunsAgain: a job that failed (the registry unreachable)
+// runs again after a backoff while it is in force and completes once the
+// cause is gone; a job that keeps failing stops after maxFailures.
+func TestFailedJobRunsAgain(t *testing.T) {
+	ctx := t.Context()
+	clk := &clock{t: time.Now().UTC().Truncate(time.Minute).Add(5 * time.Second)}
+	r := newRig(t, standalone(t), clk, t.TempDir()+"/leases.json")
+	r.blobs.mu.Lock()
+	r.blobs.fail = errors.New("registry unreachable")
+	r.blobs.mu.Unlock()
+	body := fmt.Sprintf(`{"function":"resize","image":"registry.example/fn/resize:v1","at":%q,"for":%d}`, clk.Now().Add(time.Minute).Format(time.RFC3339), int64(time.Hour))
+	if rec := post(t, r.s.Handler(), "/api/v1/hints", body); rec.Code != http.StatusCreated {
+		t.Fatalf("hint: %d %s", rec.Code, rec.Body)
+	}
+	hinted := func() JobView {
+		t.Helper()
+		jobs, err := r.s.jobs(ctx, "node-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.Reason == "hint" {
+				return j
+			}
+		}
+		t.Fatalf("no hinted job among %+v", jobs)
+		return JobView{}
+	}
+	for range 2 {
+		r.tick(ctx)
+		clk.advance(time.Minute)
+	}
+	r.tick(ctx)
+	if j := hinted(); j.Status.State != predictor.JobFailed || !strings.Contains(j.Status.Error, "registry unreachable") {
+		t.Fatalf("with the registry down the job is %+v, want failed with the cause", j.Status)
+	}
+	failures := 0
+	r.s.exec.mu.Lock()
+	for _, run := range r.s.exec.runs {
+		if run.job.Reason == "hint" {
+			failures = run.failures
+		}
+	}
+	r.s.exec.mu.Unlock()
+	r.blobs.mu.Lock()
+	r.blobs.fail = nil
+	r.blobs.mu.Unlock()
+	clk.advance(retryDelay(failures) - time.Second)
+	r.tick(ctx)
+	if j := hinted(); j.Status.State != predictor.JobFailed {
+		t.Fatalf("the job ran again before its backoff (%s after %d failures) passed: %+v", retryDelay(failures), failures, j.Status)
+	}
+	clk.advance(time.Second)
+	r.tick(ctx)
+	if j := hinted(); j.Status.State != predictor.JobDone {
+		t.Fatalf("after the registry came back the job is %+v, want done", j.Status)
+	}
+	if got := r.store.pinned(); got != 2 {
+		t.Errorf("%d layers pinned, want 2", got)
+	}
+
+	// A job that never works stops after maxFailures runs.
+	r2 := newRig(t, standalone(t), clk, t.TempDir()+"/leases.json")
+	r2.blobs.fail = errors.New("no such repository")
+	if rec := post(t, r2.s.Handler(), "/api/v1/hints", body); rec.Code != http.StatusCreated {
+		t.Fatalf("hint: %d %s", rec.Code, rec.Body)
+	}
+	var calls int
+	for range 40 {
+		r2.tick(ctx)
+		clk.advance(time.Minute)
+	}
+	r2.s.exec.mu.Lock()
+	for _, run := range r2.s.exec.runs {
+		if run.job.Reason == "hint" {
+			calls = run.failures
+		}
+	}
+	r2.s.exec.mu.Unlock()
+	if calls != maxFailures {
+		t.Fatalf("a job that always fails ran %d times in 40 minutes, want %d", calls, maxFailures)
+	}
+}
