@@ -25,6 +25,12 @@
 // forwarders is asked again of a holder that has it whole; the first copy
 // wins.
 //
+// A download hears of holders from the coordinator (every PollInterval,
+// five times as often while no holder it knows offers a piece it lacks) and
+// of their pieces from their bitmaps, long-polled at most every 50 ms per
+// holder. A fetch whose last fifth is all that is left frees its slot, so
+// the next request crosses the links' queues while those bytes arrive.
+//
 // The package does not store blobs (the content store does) and does not keep
 // cluster state (p2p/cluster does).
 package swarm

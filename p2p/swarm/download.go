@@ -247,7 +247,7 @@ func (d *downloader) run() {
 	// While no holder it knows offers a piece it lacks (at the start of a
 	// burst, before it has heard of the peers that took the seeder's first
 	// copies), it asks the coordinator five times as often.
-	fast := d.s.cfg.PollInterval / 5
+	fast := max(d.s.cfg.PollInterval/5, time.Millisecond)
 	poll := time.NewTicker(fast)
 	defer poll.Stop()
 	refreshed := time.Now()
