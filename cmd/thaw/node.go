@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/thaw-dev/thaw/lazyload/snapshotter"
 	"github.com/thaw-dev/thaw/metrics"
+	"github.com/thaw-dev/thaw/p2p/cluster"
 	"github.com/thaw-dev/thaw/predictor/live"
 	"github.com/thaw-dev/thaw/puller"
 	"github.com/thaw-dev/thaw/puller/api"
@@ -66,8 +68,7 @@ type node struct {
 	fetcher  *fetch.Fetcher
 	api      *api.Server
 	peer     *peerNode
-	predict  *live.Service  // nil when prediction is off
-	removed  <-chan v1.Hash // blobs the store removed, to drop from the cluster
+	predict  *live.Service // nil when prediction is off
 	servers  []*server
 	lazy     *snapshotter.Service // nil unless --snapshotter-socket
 }
@@ -98,14 +99,13 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 		}
 		quota = int64(fs.Blocks) * fs.Bsize / 2
 	}
-	// Blobs leaving the store are dropped from the cluster's holders by Run;
-	// the store's callback must not block, so a full queue loses the
-	// notice (the leader's expiry and the data plane's checks cover it).
-	removed := make(chan v1.Hash, 1024)
+	// Blobs leaving the store are dropped from the cluster's holders
+	// (cluster.Node.DropSoon: it never blocks the store and never loses a
+	// notice). The cluster node comes after the store.
+	var clusterNode atomic.Pointer[cluster.Node]
 	onRemove := func(d v1.Hash) {
-		select {
-		case removed <- d:
-		default:
+		if c := clusterNode.Load(); c != nil {
+			c.DropSoon(d)
 		}
 	}
 	st, err := store.New(filepath.Join(cfg.DataDir, "store"), store.WithQuota(quota), store.WithLogger(log), store.WithOnRemove(onRemove))
@@ -136,6 +136,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if err != nil {
 		return nil, err
 	}
+	clusterNode.Store(pn.cluster)
 	fcfg := fetch.DefaultConfig()
 	fcfg.BackgroundRate, fcfg.DemandQuiet = cfg.BackgroundRate, cfg.BackgroundQuiet
 	var source puller.Source = up
@@ -161,7 +162,7 @@ func newNode(ctx context.Context, cfg nodeConfig, log *slog.Logger) (n *node, er
 	if err != nil {
 		return nil, err
 	}
-	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f, peer: pn, removed: removed}
+	n = &node{cfg: cfg, log: log, store: st, upstream: up, fetcher: f, peer: pn}
 	defer func(n *node) { // n itself is nil once an error is returned
 		if err != nil {
 			n.closeListeners()
@@ -294,20 +295,6 @@ func (n *node) Run(ctx context.Context) error {
 	if n.lazy != nil {
 		g.Go(func() error { return n.lazy.Run(gctx) })
 	}
-	g.Go(func() error {
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case d := <-n.removed:
-				ctx, cancel := context.WithTimeout(gctx, 5*time.Second)
-				if err := n.peer.cluster.Drop(ctx, d); err != nil {
-					n.log.Debug("dropping a removed blob from the cluster", "digest", d.String(), "err", err)
-				}
-				cancel()
-			}
-		}
-	})
 	g.Go(func() error {
 		<-gctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -879,3 +879,55 @@ func TestRemoveDeadVoter(t *testing.T) {
 		t.Fatalf("a write after the removal: %v", err)
 	}
 }
+
+// TestDropSoonLosesNothing: a node that removes many blobs while the
+// leader is gone (killed, an election under way) has them all dropped from
+// the cluster's holders once a leader is back; a blob announced again in
+// between stays held.
+func TestDropSoonLosesNothing(t *testing.T) {
+	h := newHarness(t)
+	nodes := formCluster(h, 4)
+	ctx := ctxT(t)
+	old := leaderOf(t, nodes...)
+	_, clients := roles(nodes)
+	c := clients[0]
+	var ds []v1.Hash
+	for i := range 30 {
+		d := digest(fmt.Sprintf("evicted %d", i))
+		if err := c.node.Announce(ctx, d, 10, true); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	old.kill()
+	for _, d := range ds {
+		c.node.DropSoon(d)
+	}
+	kept := ds[0]
+	var rest []*testNode
+	for _, tn := range nodes {
+		if tn != old {
+			rest = append(rest, tn)
+		}
+	}
+	leader := leaderOf(t, rest...)
+	if err := c.node.Announce(ctx, kept, 10, true); err != nil { // fetched again
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		for _, d := range ds[1:] {
+			st, err := leader.node.Blob(ctx, d)
+			if err != nil {
+				return err
+			}
+			if holders(st)[c.id] {
+				return fmt.Errorf("%s still holds %s", c.id, d)
+			}
+		}
+		return nil
+	})
+	st, err := leader.node.Blob(ctx, kept)
+	if err != nil || !holders(st)[c.id] {
+		t.Fatalf("the blob announced again after its drop was asked: %+v, %v; want %s a holder", st, err, c.id)
+	}
+}

@@ -41,6 +41,7 @@ func (n *Node) ClaimSeeder(ctx context.Context, dgst v1.Hash, size int64) (p2p.B
 
 // Announce implements p2p.Coordinator.
 func (n *Node) Announce(ctx context.Context, dgst v1.Hash, size int64, complete bool) error {
+	n.drops.cancel(dgst)
 	_, err := n.write(ctx, routeAnnounce, blobRequest{Node: n.cfg.NodeID, Digest: dgst, Size: size, Complete: complete})
 	return err
 }

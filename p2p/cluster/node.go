@@ -54,6 +54,7 @@ type Node struct {
 
 	joinSem chan struct{} // serialises the joins this node handles as leader
 	kick    chan struct{} // asks the heartbeat loop to check membership now
+	drops   *pendingDrops // blobs removed here, to drop from the cluster (see DropSoon)
 	ran     atomic.Bool
 
 	// Test hooks: pause heartbeats; on stop, skip leaving (a crash).
@@ -91,6 +92,7 @@ func New(cfg Config) (*Node, error) {
 		live:    newLiveness(),
 		kick:    make(chan struct{}, 1),
 		joinSem: make(chan struct{}, 1),
+		drops:   newPendingDrops(),
 	}
 	if err := n.open(); err != nil {
 		n.releaseAll()
@@ -202,7 +204,13 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("joined as a client of the voters; Raft stops here")
 		rr.stop()
 	}
+	dropsDone := make(chan struct{})
+	go func() {
+		defer close(dropsDone)
+		n.dropLoop(ctx)
+	}()
 	n.heartbeatLoop(ctx)
+	<-dropsDone
 	n.leave()
 	return nil
 }
