@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,9 +34,10 @@ func thaw(ctx context.Context, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// startDaemon runs `thaw daemon` in dataDir until the test ends, and waits
-// for its API socket to answer.
-func startDaemon(t *testing.T, dataDir string, extra ...string) {
+// startDaemon runs `thaw daemon` in dataDir until the test ends or stop is
+// called (which waits for the daemon to exit), and waits for its API socket
+// to answer.
+func startDaemon(t *testing.T, dataDir string, extra ...string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -45,24 +47,28 @@ func startDaemon(t *testing.T, dataDir string, extra ...string) {
 		_, err := thaw(ctx, args...)
 		done <- err
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon exited with %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("daemon exited with %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("daemon did not stop within 30s of its context ending")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s of its context ending")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 
 	client := api.NewClient(filepath.Join(dataDir, "thaw.sock"))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := client.Status(t.Context())
 		if err == nil {
-			return
+			return stop
 		}
 		select {
 		case err := <-done:

@@ -283,14 +283,29 @@ func (n *node) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	// The cluster stops after the predictor, whose last flush (the events of
+	// the current minute) needs it.
+	clusterCtx, stopCluster := context.WithCancel(context.WithoutCancel(gctx))
+	predictDone := make(chan struct{})
 	g.Go(func() error {
-		return n.peer.cluster.Run(gctx)
+		return n.peer.cluster.Run(clusterCtx)
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		<-predictDone
+		stopCluster()
+		return nil
 	})
 	if n.predict != nil {
-		g.Go(func() error { return n.predict.Run(gctx) })
+		g.Go(func() error {
+			defer close(predictDone)
+			return n.predict.Run(gctx)
+		})
 		if addr := n.cfg.Predict.ContainerdEvents; addr != "" {
 			g.Go(func() error { return live.WatchContainerd(gctx, addr, n.predict.Started, n.log) })
 		}
+	} else {
+		close(predictDone)
 	}
 	if n.lazy != nil {
 		g.Go(func() error { return n.lazy.Run(gctx) })
