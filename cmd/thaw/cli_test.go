@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/thaw-dev/thaw/p2p"
 	"github.com/thaw-dev/thaw/puller/api"
 )
 
@@ -278,5 +279,25 @@ func TestDemo(t *testing.T) {
 		if blobs != 4 {
 			t.Errorf("%s shows %d blobs, want 4 (config and 3 layers):\n%s", p.title, blobs, section)
 		}
+	}
+}
+
+// TestQuorumWarnings: `thaw peers` warns when a voter is down, says how
+// many more failures the cluster can take, and says when its majority is
+// gone; clients that are down and healthy voters raise nothing.
+func TestQuorumWarnings(t *testing.T) {
+	m := func(id string, voter, alive bool) p2p.Member {
+		return p2p.Member{ID: p2p.NodeID(id), Voter: voter, Alive: alive}
+	}
+	if w := quorumWarnings([]p2p.Member{m("a", true, true), m("b", true, true), m("c", true, true), m("d", false, false)}); w != nil {
+		t.Fatalf("healthy voters, a client down: %q", w)
+	}
+	w := quorumWarnings([]p2p.Member{m("a", true, true), m("b", true, false), m("c", true, true)})
+	if len(w) != 1 || !strings.Contains(w[0], "voter(s) b not alive: 2 of 3 voters up, 2 needed") || !strings.Contains(w[0], "1 more voter failure(s)") || !strings.Contains(w[0], "thaw peers remove") {
+		t.Fatalf("one of three voters down: %q", w)
+	}
+	w = quorumWarnings([]p2p.Member{m("a", true, true), m("b", true, false), m("c", true, false)})
+	if len(w) != 1 || !strings.Contains(w[0], "lost its majority") {
+		t.Fatalf("two of three voters down: %q", w)
 	}
 }

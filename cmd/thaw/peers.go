@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -50,6 +51,9 @@ func newPeersCmd(g *globalOptions) *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", m.ID, role, orNone(m.PeerAddr), m.Alive, seen)
 			}
 			tw.Flush()
+			for _, w := range quorumWarnings(p.Members) {
+				fmt.Fprintln(out, "warning:", w)
+			}
 			if p.Blob != nil {
 				fmt.Fprintf(out, "\nblob %s (%s): seeder %s\n", p.Blob.Digest, human(p.Blob.Size), orNone(string(p.Blob.Seeder)))
 				for _, h := range p.Blob.Holders {
@@ -93,6 +97,33 @@ another voter takes over). A removed node that comes back joins again.`,
 			return nil
 		},
 	}
+}
+
+// quorumWarnings names the voters that are not alive and what they cost:
+// Raft keeps working while a majority of its voters is, and a voter gone
+// for good counts against that majority until it is removed.
+func quorumWarnings(members []p2p.Member) []string {
+	var voters int
+	var down []string
+	for _, m := range members {
+		if !m.Voter {
+			continue
+		}
+		voters++
+		if !m.Alive {
+			down = append(down, string(m.ID))
+		}
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	alive, majority := voters-len(down), voters/2+1
+	state := fmt.Sprintf("%d more voter failure(s) stop the cluster's coordination", alive-majority+1)
+	if alive < majority {
+		state = "the cluster has lost its majority: coordination is stopped (nodes read blobs from the registry)"
+	}
+	return []string{fmt.Sprintf("voter(s) %s not alive: %d of %d voters up, %d needed; %s. A voter gone for good: `thaw peers remove NODE`.",
+		strings.Join(down, ", "), alive, voters, majority, state)}
 }
 
 func orNone(s string) string {
