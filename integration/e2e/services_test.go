@@ -138,47 +138,25 @@ func (r *registry) stop(t *testing.T) {
 	}
 }
 
-// containerd is a containerd 1.6 daemon with its own root, state and sockets.
+// containerd is a containerd 1.6 daemon with its own root, state and
+// sockets (see testenv.StartContainerd), without the stargz snapshotter.
 type containerd struct {
+	*testenv.Containerd
 	sock string
-	proc *process
 }
 
 func startContainerd(t *testing.T) *containerd {
 	t.Helper()
-	// containerd derives further socket paths from these; keep them short.
-	dir := shortTempDir(t)
-	sock := filepath.Join(dir, "c.sock")
-	// The CRI plugin is off: the tests drive containerd with ctr, and the CRI
-	// plugin would only add start-up time and CNI noise. Its registry
-	// config_path reads the same hosts.toml files as ctr --hosts-dir.
-	config := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"))
-	cfgPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c := &containerd{sock: sock}
-	// Registered before the process so that it runs after containerd has
+	c := &containerd{}
+	// Registered before containerd so that it runs after containerd has
 	// stopped (cleanups run last in, first out).
-	t.Cleanup(func() { killStrays(t, sock) })
-	c.proc = startProcess(t, t.TempDir(), "containerd", cleanEnv(), "containerd", "-c", cfgPath)
-	c.proc.WaitFor(t, "answering ctr version", 30*time.Second, func() error {
-		_, err := c.ctrErr(t, 5*time.Second, "version")
-		return err
+	t.Cleanup(func() {
+		if c.sock != "" {
+			killStrays(t, c.sock)
+		}
 	})
+	c.Containerd = testenv.StartContainerd(t, "", "")
+	c.sock = c.Sock
 	return c
 }
 
@@ -195,9 +173,7 @@ func (c *containerd) ctr(t *testing.T, args ...string) string {
 
 func (c *containerd) ctrErr(t *testing.T, timeout time.Duration, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return runCmd(ctx, cleanEnv(), "ctr", append([]string{"-a", c.sock, "-n", "default"}, args...)...)
+	return c.Ctr(timeout, args...)
 }
 
 // pull is `ctr images pull` through the hosts.toml files in hostsDir. It
@@ -243,7 +219,7 @@ func startThaw(t *testing.T, insecureRegistry string, extra ...string) *thawDaem
 	dir := t.TempDir()
 	d := &thawDaemon{
 		dataDir:     filepath.Join(dir, "data"),
-		api:         filepath.Join(shortTempDir(t), "thaw.sock"),
+		api:         filepath.Join(testenv.ShortDir(t, "thaw-e2e-"), "thaw.sock"),
 		mirrorAddr:  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		metricsAddr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 	}

@@ -45,14 +45,14 @@ type Containerd struct {
 }
 
 // StartContainerd starts containerd inside network namespace netns (""
-// for the test's own; see Start) with the stargz proxy snapshotter at
-// snapshotterSocket, and waits until it answers.
+// for the test's own; see Start), with the stargz proxy snapshotter at
+// snapshotterSocket unless it is "", and waits until it answers. The CRI
+// plugin is off: the tests drive containerd with ctr and the client, and
+// it would only add start-up time and CNI noise.
 func StartContainerd(t testing.TB, netns, snapshotterSocket string) *Containerd {
 	t.Helper()
 	dir := ShortDir(t, "thc")
 	c := &Containerd{Sock: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root")}
-	// The proxy_plugins section is deploy/containerd's, with the socket
-	// of the test's daemon.
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
@@ -64,11 +64,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = %q
 
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`, c.Root, filepath.Join(dir, "state"), c.Sock, c.Sock+".ttrpc", filepath.Join(dir, "opt"))
+	if snapshotterSocket != "" {
+		// deploy/containerd's section, with the socket of the test's daemon.
+		config += fmt.Sprintf(`
 [proxy_plugins]
   [proxy_plugins.stargz]
     type = "snapshot"
     address = %q
-`, c.Root, filepath.Join(dir, "state"), c.Sock, c.Sock+".ttrpc", snapshotterSocket)
+`, snapshotterSocket)
+	}
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
