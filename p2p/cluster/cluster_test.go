@@ -251,17 +251,25 @@ func TestJoinViaOneAddress(t *testing.T) {
 			}
 			return nil
 		})
-		ms, err := tn.node.Members(ctxT(t))
-		if err != nil {
-			t.Fatalf("%s: Members: %v", tn.id, err)
-		}
-		if len(ms) != 5 {
-			t.Fatalf("%s: %d members", tn.id, len(ms))
-		}
-		for _, m := range ms {
-			if !m.Alive || m.LastSeen.IsZero() {
-				t.Errorf("%s sees %s not alive: %+v", tn.id, m.ID, m)
+		// A leader hears from a member within a heartbeat of taking over;
+		// until then it knows no LastSeen.
+		var ms []p2p.Member
+		eventually(t, 5*time.Second, func() error {
+			var err error
+			if ms, err = tn.node.Members(ctxT(t)); err != nil {
+				return fmt.Errorf("%s: Members: %v", tn.id, err)
 			}
+			if len(ms) != 5 {
+				return fmt.Errorf("%s: %d members", tn.id, len(ms))
+			}
+			for _, m := range ms {
+				if !m.Alive || m.LastSeen.IsZero() {
+					return fmt.Errorf("%s sees %s not alive: %+v", tn.id, m.ID, m)
+				}
+			}
+			return nil
+		})
+		for _, m := range ms {
 			self := nodeByID(nodes, m.ID).node.Self()
 			if m.Voter != self.Voter || m.PeerAddr != self.PeerAddr {
 				t.Errorf("member %+v, node says %+v", m, self)
