@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,39 +55,32 @@ func startClusterNode(t *testing.T, name, tlsDir string, join string) clusterNod
 }
 
 // countingRegistry serves an in-process registry and counts blob bytes.
+// A byte is counted before it is written, so a client that has read a blob
+// never sees a count without it.
 func countingRegistry(t *testing.T) (string, func() int64) {
 	reg := registry.New(registry.Logger(slog.NewLogLogger(slog.DiscardHandler, 0)))
-	var mu sync.Mutex
-	var sent int64
+	var sent atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			pr, pw := io.Pipe()
-			go func() {
-				reg.ServeHTTP(&pipeWriter{ResponseWriter: w, w: pw}, r)
-				pw.Close()
-			}()
-			n, _ := io.Copy(io.Discard, pr)
-			mu.Lock()
-			sent += n
-			mu.Unlock()
-			return
+			w = &countingWriter{ResponseWriter: w, n: &sent}
 		}
 		reg.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://"), func() int64 { mu.Lock(); defer mu.Unlock(); return sent }
+	return strings.TrimPrefix(srv.URL, "http://"), sent.Load
 }
 
-// pipeWriter sends the body both to the client and to a counting pipe.
-type pipeWriter struct {
+// countingWriter adds the bytes of each write to n before it writes them.
+type countingWriter struct {
 	http.ResponseWriter
-	w io.Writer
+	n *atomic.Int64
 }
 
-func (p *pipeWriter) Write(b []byte) (int, error) {
-	n, err := p.ResponseWriter.Write(b)
-	p.w.Write(b[:n])
-	return n, err
+func (c *countingWriter) Write(b []byte) (int, error) {
+	c.n.Add(int64(len(b)))
+	k, err := c.ResponseWriter.Write(b)
+	c.n.Add(int64(k - len(b)))
+	return k, err
 }
 
 // TestClusterBurstOneOriginCopy: three daemons with cluster certificates

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -35,8 +36,9 @@ import (
 type origin struct {
 	srv  *httptest.Server
 	host string
-	mu   sync.Mutex
-	sent int64
+	// sent counts blob bytes before they are written, so a client that has
+	// read a blob never sees a count without it.
+	sent atomic.Int64
 	// limit, if set, slows blob bytes down (bytes per second), so that a
 	// transfer is still running when a test breaks something.
 	limit *rate.Limiter
@@ -47,11 +49,7 @@ func newOrigin(t testing.TB) *origin {
 	reg := registry.New(registry.Logger(slog.NewLogLogger(slog.DiscardHandler, 0)))
 	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			cw := &countingWriter{ResponseWriter: w, limit: o.limit}
-			reg.ServeHTTP(cw, r)
-			o.mu.Lock()
-			o.sent += cw.n
-			o.mu.Unlock()
+			reg.ServeHTTP(&countingWriter{ResponseWriter: w, n: &o.sent, limit: o.limit}, r)
 			return
 		}
 		reg.ServeHTTP(w, r)
@@ -61,11 +59,7 @@ func newOrigin(t testing.TB) *origin {
 	return o
 }
 
-func (o *origin) bytes() int64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.sent
-}
+func (o *origin) bytes() int64 { return o.sent.Load() }
 
 // blob pushes size random bytes as a layer of repo and returns its digest.
 func (o *origin) blob(t testing.TB, repo string, size int) (name.Repository, v1.Hash, []byte) {
@@ -85,7 +79,7 @@ func (o *origin) blob(t testing.TB, repo string, size int) (name.Repository, v1.
 
 type countingWriter struct {
 	http.ResponseWriter
-	n     int64
+	n     *atomic.Int64
 	limit *rate.Limiter
 }
 
@@ -96,8 +90,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 		if c.limit != nil {
 			c.limit.WaitN(context.Background(), k)
 		}
+		c.n.Add(int64(k))
 		n, err := c.ResponseWriter.Write(p[:k])
-		c.n += int64(n)
+		c.n.Add(int64(n - k))
 		written += n
 		if err != nil {
 			return written, err
