@@ -42,6 +42,11 @@ type Holder struct {
 	Node     NodeID `json:"node"`
 	PeerAddr string `json:"peerAddr"`
 	Complete bool   `json:"complete"`
+	// Since orders the holders of a blob by arrival: the coordinator's
+	// sequence number (the Raft log index) of the node's first claim or
+	// announcement of the blob; 0 when unknown. Holders that arrive in a
+	// burst stream the blob from each other in this order.
+	Since uint64 `json:"since,omitempty"`
 }
 
 // BlobState is what the cluster knows of one blob.

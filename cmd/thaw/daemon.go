@@ -100,6 +100,7 @@ Credentials are also read from docker's config.json ($DOCKER_CONFIG).`,
 	f.IntVar(&cfg.Peer.Swarm.PieceUploads, "piece-uploads", cfg.Peer.Swarm.PieceUploads, "uploads of one piece served at once")
 	f.IntVar(&cfg.Peer.Swarm.SeedCopies, "seed-copies", cfg.Peer.Swarm.SeedCopies, "peers the seeder of a blob in flight sends each piece to")
 	f.Var(&pieceSize, "piece-size", "unit of peer transfer and verification (all nodes must agree)")
+	f.BoolVar(&cfg.Peer.Swarm.Stream, "piece-stream", cfg.Peer.Swarm.Stream, "stream a blob in order from the holder that arrived just before this node (a burst's nodes form a chain), pulling pieces only for what the stream does not bring; false: pull every piece")
 
 	// Prediction and pre-distribution.
 	f.BoolVar(&cfg.Predict.Enabled, "predict", true, "take events, plan prefetch jobs on the leader and run this node's jobs")

@@ -76,7 +76,15 @@ func (m memberRecord) public() p2p.Member {
 type blobRecord struct {
 	size    int64
 	seeder  p2p.NodeID
-	holders map[p2p.NodeID]bool // node -> complete
+	holders map[p2p.NodeID]holding
+}
+
+// holding is one node's hold on a blob.
+type holding struct {
+	complete bool
+	// since is the log index at which the node became a holder: it orders
+	// the holders by arrival (see p2p.Holder.Since).
+	since uint64
 }
 
 // state is the replicated state. Its methods are not safe for concurrent
@@ -113,7 +121,7 @@ func (s *state) apply(idx uint64, c command) applyResult {
 		s.forget(m.ID)
 		s.members[m.ID] = &m
 		for _, h := range c.Holdings {
-			s.announce(m.ID, h.Digest, h.Size, h.Complete)
+			s.announce(idx, m.ID, h.Digest, h.Size, h.Complete)
 		}
 		return applyResult{Member: m}
 	case opLeave, opExpire:
@@ -139,9 +147,9 @@ func (s *state) apply(idx uint64, c command) applyResult {
 			return applyResult{Err: err}
 		}
 		if c.Op == opAnnounce {
-			s.announce(c.Node, c.Digest, c.Size, c.Complete)
+			s.announce(idx, c.Node, c.Digest, c.Size, c.Complete)
 		} else {
-			s.claim(c.Node, c.Digest, c.Size)
+			s.claim(idx, c.Node, c.Digest, c.Size)
 		}
 		return applyResult{State: s.blob(c.Digest)}
 	case opDrop:
@@ -167,7 +175,7 @@ func (s *state) checkMember(id p2p.NodeID) error {
 func (s *state) record(d v1.Hash, size int64) *blobRecord {
 	b, ok := s.blobs[d]
 	if !ok {
-		b = &blobRecord{holders: map[p2p.NodeID]bool{}}
+		b = &blobRecord{holders: map[p2p.NodeID]holding{}}
 		s.blobs[d] = b
 	}
 	if b.size == 0 && size > 0 {
@@ -205,9 +213,14 @@ func (s *state) gc(d v1.Hash) {
 	}
 }
 
-func (s *state) announce(node p2p.NodeID, d v1.Hash, size int64, complete bool) {
+func (s *state) announce(idx uint64, node p2p.NodeID, d v1.Hash, size int64, complete bool) {
 	b := s.record(d, size)
-	b.holders[node] = complete
+	h, ok := b.holders[node]
+	if !ok {
+		h.since = idx
+	}
+	h.complete = complete
+	b.holders[node] = h
 	if complete {
 		// A complete copy exists: nobody needs to fetch from the origin.
 		b.seeder = ""
@@ -215,7 +228,7 @@ func (s *state) announce(node p2p.NodeID, d v1.Hash, size int64, complete bool) 
 	s.index(node, d)
 }
 
-func (s *state) claim(node p2p.NodeID, d v1.Hash, size int64) {
+func (s *state) claim(idx uint64, node p2p.NodeID, d v1.Hash, size int64) {
 	b := s.record(d, size)
 	if b.seeder != "" || b.hasComplete() {
 		s.gc(d)
@@ -227,7 +240,7 @@ func (s *state) claim(node p2p.NodeID, d v1.Hash, size int64) {
 	// The seeder holds the blob in progress from now on (p2p.Coordinator):
 	// the other claimants find it among the holders and wait for its pieces.
 	if _, ok := b.holders[node]; !ok {
-		b.holders[node] = false
+		b.holders[node] = holding{since: idx}
 	}
 	s.index(node, d)
 }
@@ -267,8 +280,8 @@ func (s *state) blob(d v1.Hash) p2p.BlobState {
 		return st
 	}
 	st.Size, st.Seeder = b.size, b.seeder
-	for node, complete := range b.holders {
-		h := p2p.Holder{Node: node, Complete: complete}
+	for node, hd := range b.holders {
+		h := p2p.Holder{Node: node, Complete: hd.complete, Since: hd.since}
 		if m, ok := s.members[node]; ok {
 			h.PeerAddr = m.PeerAddr
 		}
@@ -279,8 +292,8 @@ func (s *state) blob(d v1.Hash) p2p.BlobState {
 }
 
 func (b *blobRecord) hasComplete() bool {
-	for _, complete := range b.holders {
-		if complete {
+	for _, h := range b.holders {
+		if h.complete {
 			return true
 		}
 	}
@@ -304,6 +317,8 @@ type snapshotBlob struct {
 type snapshotHolder struct {
 	Node     p2p.NodeID `json:"node"`
 	Complete bool       `json:"complete,omitempty"`
+	// Since is absent (0) in snapshots of versions before it.
+	Since uint64 `json:"since,omitempty"`
 }
 
 func (s *state) memberList() []memberRecord {
@@ -319,8 +334,8 @@ func (s *state) snapshot() snapshotData {
 	out := snapshotData{Members: s.memberList(), Records: s.allRecords()}
 	for d, b := range s.blobs {
 		sb := snapshotBlob{Digest: d, Size: b.size, Seeder: b.seeder}
-		for n, c := range b.holders {
-			sb.Holders = append(sb.Holders, snapshotHolder{Node: n, Complete: c})
+		for n, h := range b.holders {
+			sb.Holders = append(sb.Holders, snapshotHolder{Node: n, Complete: h.complete, Since: h.since})
 		}
 		slices.SortFunc(sb.Holders, func(a, b snapshotHolder) int { return strings.Compare(string(a.Node), string(b.Node)) })
 		out.Blobs = append(out.Blobs, sb)
@@ -341,7 +356,7 @@ func stateFrom(data snapshotData) *state {
 			s.index(sb.Seeder, sb.Digest)
 		}
 		for _, h := range sb.Holders {
-			b.holders[h.Node] = h.Complete
+			b.holders[h.Node] = holding{complete: h.Complete, since: h.Since}
 			s.index(h.Node, sb.Digest)
 		}
 		s.gc(sb.Digest)

@@ -101,12 +101,19 @@ func TestHoldersAndBoundedState(t *testing.T) {
 		announceCmd("b", dA, false),
 		announceCmd("a", dA, true),
 	)
+	// Since is the index of each holder's first announcement: b came first.
 	want := p2p.BlobState{Digest: dA, Size: 10, Holders: []p2p.Holder{
-		{Node: "a", PeerAddr: "a:1", Complete: true},
-		{Node: "b", PeerAddr: "b:1", Complete: false},
+		{Node: "a", PeerAddr: "a:1", Complete: true, Since: 4},
+		{Node: "b", PeerAddr: "b:1", Complete: false, Since: 3},
 	}}
 	if !reflect.DeepEqual(res.State, want) {
 		t.Errorf("state = %+v, want %+v", res.State, want)
+	}
+	// Announcing again (complete now) keeps the holder's place, and a
+	// snapshot keeps it too.
+	s.apply(9, announceCmd("b", dA, true))
+	if got := stateFrom(s.snapshot()).blob(dA).Holders; len(got) != 2 || got[1].Since != 3 || !got[1].Complete {
+		t.Errorf("holders after b's second announcement and a snapshot: %+v, want b complete with Since 3", got)
 	}
 	if got := s.blob(dB); len(got.Holders) != 1 || got.Size != 5 {
 		t.Errorf("inventory of the join not recorded: %+v", got)

@@ -24,12 +24,14 @@ type Cluster struct {
 	// Fail, if set, is returned by every call of the nodes it names: a
 	// partition.
 	fail map[p2p.NodeID]error
+	// seq numbers the claims and announcements (p2p.Holder.Since).
+	seq uint64
 }
 
 type blob struct {
 	size    int64
 	seeder  p2p.NodeID
-	holders map[p2p.NodeID]bool // complete?
+	holders map[p2p.NodeID]p2p.Holder // Node, Complete and Since set
 }
 
 // New returns an empty cluster.
@@ -86,8 +88,9 @@ func (c *Cluster) stateLocked(d v1.Hash) p2p.BlobState {
 		return st
 	}
 	st.Size, st.Seeder = b.size, b.seeder
-	for id, complete := range b.holders {
-		st.Holders = append(st.Holders, p2p.Holder{Node: id, PeerAddr: c.members[id].PeerAddr, Complete: complete})
+	for id, h := range b.holders {
+		h.PeerAddr = c.members[id].PeerAddr
+		st.Holders = append(st.Holders, h)
 	}
 	slices.SortFunc(st.Holders, func(a, b p2p.Holder) int {
 		if a.Node < b.Node {
@@ -138,15 +141,15 @@ func (n *Node) ClaimSeeder(ctx context.Context, dgst v1.Hash, size int64) (p2p.B
 	}
 	b := n.c.blobs[dgst]
 	if b == nil {
-		b = &blob{holders: map[p2p.NodeID]bool{}}
+		b = &blob{holders: map[p2p.NodeID]p2p.Holder{}}
 		n.c.blobs[dgst] = b
 	}
 	if b.size == 0 {
 		b.size = size
 	}
 	hasComplete := false
-	for _, complete := range b.holders {
-		hasComplete = hasComplete || complete
+	for _, h := range b.holders {
+		hasComplete = hasComplete || h.Complete
 	}
 	if _, alive := n.c.members[b.seeder]; !alive {
 		b.seeder = ""
@@ -156,7 +159,8 @@ func (n *Node) ClaimSeeder(ctx context.Context, dgst v1.Hash, size int64) (p2p.B
 		// so the other claimants find it and wait for its pieces.
 		b.seeder = n.self.ID
 		if _, ok := b.holders[n.self.ID]; !ok {
-			b.holders[n.self.ID] = false
+			n.c.seq++
+			b.holders[n.self.ID] = p2p.Holder{Node: n.self.ID, Since: n.c.seq}
 		}
 	}
 	return n.c.stateLocked(dgst), nil
@@ -171,13 +175,19 @@ func (n *Node) Announce(ctx context.Context, dgst v1.Hash, size int64, complete 
 	}
 	b := n.c.blobs[dgst]
 	if b == nil {
-		b = &blob{holders: map[p2p.NodeID]bool{}}
+		b = &blob{holders: map[p2p.NodeID]p2p.Holder{}}
 		n.c.blobs[dgst] = b
 	}
 	if size > 0 {
 		b.size = size
 	}
-	b.holders[n.self.ID] = complete
+	h, ok := b.holders[n.self.ID]
+	if !ok {
+		n.c.seq++
+		h = p2p.Holder{Node: n.self.ID, Since: n.c.seq}
+	}
+	h.Complete = complete
+	b.holders[n.self.ID] = h
 	if complete && b.seeder == n.self.ID {
 		b.seeder = "" // done seeding: complete holders serve it now
 	}

@@ -9,6 +9,15 @@ import (
 type Config struct {
 	// PieceSize is the unit of transfer and verification.
 	PieceSize int64
+	// Stream: a download streams the blob in order from the holder that
+	// arrived just before it (a chain through a burst's nodes) and pulls
+	// only what the stream does not bring; off, it pulls every piece.
+	Stream bool
+	// StreamLead is how far ahead of the stream, in pieces, pulls may take
+	// pieces other holders have: a stream that falls that far behind (a
+	// slow or rate-limited node ahead of this one in the chain) no longer
+	// holds the download back.
+	StreamLead int
 	// Parallel is how many pieces of one blob are fetched at once.
 	Parallel int
 	// Window is how many pieces past the reader's position may be fetched
@@ -44,15 +53,17 @@ type Config struct {
 	PollInterval, BitmapWait time.Duration
 }
 
-// DefaultConfig: 1 MiB pieces (passed on while they arrive; a piece's size
-// still sets the granularity of verification and of the endgame, and 1 MiB
-// finished a 16-node burst sooner than 4 MiB), 8 in flight within a
-// 32-piece window, 16 uploads at once, no rate limits, fall back to the
-// origin after 20 s without progress (longer than the cluster takes to expire a dead seeder, so that
-// one node takes its role over rather than every node going to the origin).
+// DefaultConfig: 1 MiB pieces, streamed along the burst's chain (pulls
+// take a piece more than 4 pieces ahead of a lagging stream), 8 pulls in
+// flight within a 32-piece window, 16 uploads at once, no rate limits, fall
+// back to the origin after 20 s without progress (longer than the cluster
+// takes to expire a dead seeder, so that one node takes its role over
+// rather than every node going to the origin).
 func DefaultConfig() Config {
 	return Config{
 		PieceSize:     1 << 20,
+		Stream:        true,
+		StreamLead:    4,
 		Parallel:      8,
 		Window:        32,
 		MaxUploads:    16,
@@ -74,6 +85,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("swarm: piece size %d: must be at least 64 KiB", c.PieceSize)
 	case c.Parallel < 1 || c.Window < c.Parallel:
 		return fmt.Errorf("swarm: parallel %d and window %d: need 1 <= parallel <= window", c.Parallel, c.Window)
+	case c.Stream && (c.StreamLead < 1 || c.StreamLead >= c.Window):
+		return fmt.Errorf("swarm: stream lead %d: need 1 <= lead < window %d", c.StreamLead, c.Window)
 	case c.MaxUploads < 1 || c.SeedCopies < 1 || c.PieceUploads < 1:
 		return fmt.Errorf("swarm: max uploads %d, seed copies %d and piece uploads %d must be >= 1", c.MaxUploads, c.SeedCopies, c.PieceUploads)
 	case c.UploadRate < 0 || c.DownloadRate < 0:

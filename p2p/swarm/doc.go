@@ -4,11 +4,17 @@
 //
 // For each blob a node needs, it asks the coordinator (the Raft leader) to
 // name a seeder. The seeder alone streams the blob from the origin, hashing
-// each piece as it passes; every other node fetches pieces in parallel from
-// every holder, including holders still downloading, verifies each piece
-// against the digest the seeder (or a complete holder) published, and hands
-// the bytes to the fetcher in order. The piece the local reader waits for
-// comes first, then the rarest. A peer that serves wrong bytes is avoided; a
+// each piece as it passes. Every other node streams the blob, in order and
+// in one response, from the holder that arrived just before it (the
+// coordinator orders holders by arrival), so a burst's nodes form a chain:
+// each uplink carries one copy at the pace the seeder reads the origin, and
+// every node passes bytes on as they come. Whatever the stream does not
+// bring (it broke, stalled, lagged or carried a bad piece) the node pulls:
+// pieces fetched in parallel from every holder, including holders still
+// downloading, the piece the local reader waits for first, then the
+// rarest. Every piece, streamed or pulled, is verified against the digest
+// the seeder (or a complete holder) published, and the bytes go to the
+// fetcher in order. A peer that serves wrong bytes is avoided; a
 // peer that stalls loses its pieces to others; when no peer makes progress
 // for FallbackAfter, or the leader cannot be reached, the node reads the rest
 // from the origin. Whole blobs are still verified by the store on commit.

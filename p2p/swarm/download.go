@@ -87,6 +87,14 @@ type downloader struct {
 	gaveUp       chan struct{} // closed when the swarm gives up
 	gaveUpErr    error
 	wake         chan struct{}
+	advanced     chan struct{} // closed and replaced when the reader moves on
+	// streamAt is the first piece the stream (see stream.go) has not taken
+	// yet, or -1 with no stream: pulls take only pieces before it.
+	streamAt int
+	// endStream ends the stream, with the cause given (nil: no stream);
+	// feeding is the holder it comes from.
+	endStream context.CancelCauseFunc
+	feeding   *peerState
 }
 
 // download starts bringing dgst in from peers and returns its reader.
@@ -113,13 +121,15 @@ func (s *Swarm) download(ctx context.Context, repo name.Repository, dgst v1.Hash
 		skip: offset - int64(first)*s.cfg.PieceSize, pos: offset,
 		next: first, peers: map[p2p.NodeID]*peerState{}, inflight: map[int][]*attempt{},
 		lastProgress: time.Now(), gaveUp: make(chan struct{}), wake: make(chan struct{}, 1),
+		advanced: make(chan struct{}), streamAt: first,
 	}
 	d.addHolders(st.Seeder, holders)
 	s.register(dgst, l)
 	s.announce(dgst, size, l)
 	s.metrics.Blobs.WithLabelValues("swarm").Inc()
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.run()
+	go d.startStream()
 	return d, size, nil
 }
 
@@ -177,6 +187,8 @@ func (d *downloader) Read(p []byte) (int, error) {
 		d.mu.Lock()
 		d.next++
 		d.lastProgress = time.Now()
+		close(d.advanced)
+		d.advanced = make(chan struct{})
 		d.mu.Unlock()
 		d.poke()
 	}
@@ -420,10 +432,14 @@ type attempt struct {
 	// released: the attempt no longer counts against Parallel and perPeer
 	// (its piece is nearly in; see fetch).
 	released bool
+	// streamed: the piece comes through the stream (stream.go); cancel
+	// ends the stream.
+	streamed bool
 }
 
 // schedule starts piece fetches up to Parallel. It reports whether it
-// found fewer than that to start (no known holder offers more).
+// found fewer than that to start (no known holder offers more, and no
+// stream brings the blob).
 func (d *downloader) schedule() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -431,7 +447,13 @@ func (d *downloader) schedule() bool {
 	for d.running < d.s.cfg.Parallel {
 		i, p, dup := d.pickLocked(now)
 		if p == nil {
-			return true
+			return d.streamAt < 0
+		}
+		if d.streamAt >= 0 && i >= d.streamAt+d.s.cfg.StreamLead && d.endStream != nil {
+			// Another holder has pieces past the stream's lead: the stream
+			// lags (a slow node ahead in the chain). Pulls take it all.
+			d.endStream(errSlowStream)
+			d.streamAt = -1
 		}
 		ctx, cancel := context.WithCancel(d.ctx)
 		a := &attempt{peer: p, start: now, cancel: cancel, dup: dup}
@@ -457,15 +479,18 @@ func (d *downloader) schedule() bool {
 // not wait on the slowest chain of forwarders.
 func (d *downloader) pickLocked(now time.Time) (int, *peerState, bool) {
 	limit := min(d.next+d.s.cfg.Window, d.l.n)
+	// The stream brings the pieces from streamAt on; pulls take those past
+	// its lead, which other holders have only if the stream lags.
+	leadFrom, leadTo := d.l.n, d.l.n
+	if d.streamAt >= 0 {
+		leadFrom, leadTo = d.streamAt, d.streamAt+d.s.cfg.StreamLead
+	}
 	bestI, bestRarity := -1, 0
 	var bestPeer *peerState
 	d.l.mu.Lock()
 	defer d.l.mu.Unlock()
 	for i := d.next; i < limit; i++ {
-		if d.l.have[i] {
-			continue
-		}
-		if len(d.inflight[i]) > 0 {
+		if d.l.have[i] || len(d.inflight[i]) > 0 || (i >= leadFrom && i < leadTo) {
 			continue
 		}
 		var choice *peerState
@@ -473,6 +498,9 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState, bool) {
 		for _, p := range d.peers {
 			if !has(p.have, i) && !has(p.part, i) {
 				continue
+			}
+			if i >= leadTo && p == d.feeding {
+				continue // the stream brings it from there
 			}
 			rarity++
 			if p.inflight >= perPeer || now.Before(p.busy[i]) {
@@ -492,7 +520,7 @@ func (d *downloader) pickLocked(now time.Time) (int, *peerState, bool) {
 			bestI, bestRarity, bestPeer = i, rarity, choice
 		}
 	}
-	if bestPeer != nil || limit < d.l.n {
+	if bestPeer != nil || limit < d.l.n || d.streamAt >= 0 {
 		return bestI, bestPeer, false
 	}
 	return d.endgameLocked(now)
@@ -513,7 +541,7 @@ func (d *downloader) endgameLocked(now time.Time) (int, *peerState, bool) {
 		if len(as) == 0 {
 			return -1, nil, false // not the endgame: a missing piece nobody serves yet
 		}
-		if len(as) > 1 || has(as[0].peer.have, i) || (bestPeer != nil && !as[0].start.Before(oldest)) {
+		if len(as) > 1 || as[0].streamed || has(as[0].peer.have, i) || (bestPeer != nil && !as[0].start.Before(oldest)) {
 			continue
 		}
 		var choice *peerState
@@ -571,6 +599,15 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	if err == nil {
 		err = d.verify(ctx, i, pt.buf, p.id)
 	}
+	d.land(i, a, pt, err, start)
+}
+
+// land ends attempt a at piece i with err: the piece is held on success,
+// and the peer blamed as the error says. A bad piece that came through the
+// stream ends the stream and blames nobody (its sender may only have
+// passed its own source's bytes on); the pulls fetch it again.
+func (d *downloader) land(i int, a *attempt, pt *part, err error, start time.Time) {
+	p := a.peer
 	data := pt.buf
 	result := "ok"
 	d.mu.Lock()
@@ -582,7 +619,9 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	if err == nil {
 		for _, o := range d.inflight[i] { // the endgame's other copy lost
 			o.lost = true
-			o.cancel()
+			if !o.streamed {
+				o.cancel()
+			}
 		}
 	}
 	switch {
@@ -592,6 +631,9 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	case err == nil:
 		p.fails = 0
 		d.lastProgress = time.Now()
+	case errors.Is(err, errBadPiece) && a.streamed:
+		result = "bad"
+		a.cancel()
 	case errors.Is(err, errBadPiece):
 		result = "bad"
 		delete(d.peers, p.id)
@@ -599,7 +641,7 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	case errors.Is(err, errBusy):
 		result = "busy"
 		p.busy[i] = time.Now().Add(100 * time.Millisecond)
-	case errors.Is(err, errStalled):
+	case errors.Is(err, errStalled), errors.Is(err, errSlowStream):
 		result = "stalled"
 		p.busy[i] = time.Now().Add(d.s.cfg.StallTimeout)
 	default:
@@ -620,6 +662,8 @@ func (d *downloader) fetch(ctx context.Context, i int, a *attempt, addr string) 
 	case err == nil:
 		d.s.fetched.WithLabelValues(metrics.SourcePeer).Add(float64(len(data)))
 		d.s.log.Debug("piece fetched", "peer", p.id, "piece", i, "seconds", time.Since(start).Seconds())
+	case errors.Is(err, errBadPiece) && a.streamed:
+		d.s.log.Warn("a piece through the stream was bad; pulling the rest", "peer", p.id, "piece", i, "digest", d.dgst.String())
 	case errors.Is(err, errBadPiece):
 		d.s.log.Warn("peer sent a bad piece; avoiding it", "peer", p.id, "piece", i, "digest", d.dgst.String())
 		d.s.avoidPeer(p.id)

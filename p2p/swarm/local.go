@@ -283,6 +283,39 @@ func (l *local) allow(i, uploads int, now time.Time) bool {
 	return true
 }
 
+// awaitPiece waits until this node can serve piece i, whole or arriving,
+// and counts an upload of it (release it with done); the seeder counts it
+// as one of its copies, so peers take the piece from the stream's receiver
+// rather than all from the seeder. It returns the piece's part while it
+// arrives (nil once whole), and false if stop closed first.
+func (l *local) awaitPiece(i int, stop <-chan struct{}) (*part, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for !l.have[i] && l.parts[i] == nil {
+		ch := l.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+			l.mu.Lock()
+		case <-stop:
+			l.mu.Lock()
+			return nil, false
+		}
+	}
+	if l.seeding {
+		l.served[i]++
+		l.lastAt[i] = time.Now()
+		if l.rationedLocked(i, l.lastAt[i]) {
+			l.bumpLocked()
+		}
+	}
+	l.sending[i]++
+	if l.have[i] {
+		return nil, true
+	}
+	return l.parts[i], true
+}
+
 // done ends an upload counted by allow.
 func (l *local) done(i int) {
 	l.mu.Lock()

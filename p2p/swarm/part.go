@@ -82,13 +82,24 @@ func (p *part) finish(ok bool) {
 // or stop is closed. It returns how far the bytes may be sent (all that
 // arrived once done, all but the last holdBack bytes before) and the state.
 func (p *part) servable(sent int64, stop <-chan struct{}) (int64, partState) {
+	return p.wait(sent, holdBack, stop)
+}
+
+// arrived is servable without the hold-back: every byte that arrived, for a
+// stream whose receiver verifies each piece against trusted digests itself
+// (see Swarm.serveStream).
+func (p *part) arrived(sent int64, stop <-chan struct{}) (int64, partState) {
+	return p.wait(sent, 0, stop)
+}
+
+func (p *part) wait(sent, hold int64, stop <-chan struct{}) (int64, partState) {
 	for {
 		p.mu.Lock()
 		st, n, ch := p.state, p.n, p.changed
 		p.mu.Unlock()
 		limit := n
 		if st == partArriving {
-			limit = min(n, int64(len(p.buf))-holdBack)
+			limit = min(n, int64(len(p.buf))-hold)
 		}
 		if st != partArriving || limit > sent {
 			return limit, st

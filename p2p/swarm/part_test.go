@@ -191,7 +191,7 @@ func TestStreamedPieceVerified(t *testing.T) {
 func TestEndgameAsksAWholeHolder(t *testing.T) {
 	f := newForwarder(t)
 	l := newLocal(4*testPiece, testPiece, false, false)
-	d := &downloader{s: f.s, l: l, peers: map[p2p.NodeID]*peerState{}, inflight: map[int][]*attempt{}}
+	d := &downloader{s: f.s, l: l, peers: map[p2p.NodeID]*peerState{}, inflight: map[int][]*attempt{}, streamAt: -1}
 	bits := func(pieces ...int) []byte {
 		b := make([]byte, 1)
 		for _, i := range pieces {

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -21,10 +22,12 @@ import (
 //
 //	GET /p2p/v1/blobs/{digest}/pieces?after=V&hashFrom=K   the bitmap (long poll past version V)
 //	GET /p2p/v1/blobs/{digest}/pieces/{i}                  piece i
+//	GET /p2p/v1/blobs/{digest}/stream?from=I               pieces I.. in order, as they come
 func (s *Swarm) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /p2p/v1/blobs/{digest}/pieces", s.serveBitmap)
 	mux.HandleFunc("GET /p2p/v1/blobs/{digest}/pieces/{index}", s.servePiece)
+	mux.HandleFunc("GET /p2p/v1/blobs/{digest}/stream", s.serveStream)
 	return mux
 }
 
@@ -107,22 +110,29 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 		s.streamPart(w, r, pt, peer)
 		return
 	}
-	var src io.Reader
-	if data, ok := l.memPiece(i); ok {
-		src = byteReader(data)
-	} else {
-		b, err := s.store.Open(r.Context(), dgst)
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		defer b.Close()
-		src = io.NewSectionReader(b, int64(i)*l.pieceSize, l.pieceLen(i))
+	src, closeSrc, err := s.wholePiece(r.Context(), l, dgst, i)
+	if err != nil {
+		writeErr(w, err)
+		return
 	}
+	defer closeSrc()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(l.pieceLen(i), 10))
 	n, _ := copyLimited(r.Context(), w, src, s.upLimit)
 	s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(n))
+}
+
+// wholePiece reads piece i, which this node has whole: from memory while
+// the reader has not taken it, else from the store.
+func (s *Swarm) wholePiece(ctx context.Context, l *local, dgst v1.Hash, i int) (io.Reader, func(), error) {
+	if data, ok := l.memPiece(i); ok {
+		return byteReader(data), func() {}, nil
+	}
+	b, err := s.store.Open(ctx, dgst)
+	if err != nil {
+		return nil, nil, err
+	}
+	return io.NewSectionReader(b, int64(i)*l.pieceSize, l.pieceLen(i)), func() { b.Close() }, nil
 }
 
 // streamPart sends a piece while it arrives on this node, as its bytes

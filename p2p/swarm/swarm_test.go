@@ -227,9 +227,9 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 	}
 }
 
-// TestStalledPeer: a peer that accepts piece requests and never answers
-// costs its askers a stall timeout per request; they take the pieces from
-// the other holder and finish without the origin.
+// TestStalledPeer: a peer that accepts piece and stream requests and never
+// answers costs its askers a stall timeout per request; they take the
+// pieces from the other holder and finish without the origin.
 func TestStalledPeer(t *testing.T) {
 	o := newOrigin(t)
 	repo, d, data := o.blob(t, "stall", 4<<20)
@@ -243,7 +243,7 @@ func TestStalledPeer(t *testing.T) {
 	}
 	inner := staller.swarm.Handler()
 	staller.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/pieces/") {
+		if strings.Contains(r.URL.Path, "/pieces/") || strings.HasSuffix(r.URL.Path, "/stream") {
 			<-r.Context().Done() // hang until the asker gives up
 			return
 		}
@@ -360,6 +360,7 @@ func TestStarvedDownloadAsksSooner(t *testing.T) {
 	o.limit = rate.NewLimiter(1<<20, 64<<10) // 3 s for the blob
 	repo, d, data := o.blob(t, "starved", 3<<20)
 	cfg := testConfig()
+	cfg.Stream = false // a stream from the seeder would feed it
 	cfg.PollInterval = 2 * time.Second
 	cfg.FallbackAfter = 20 * time.Second
 	var coords []*countingCoord
