@@ -53,19 +53,19 @@ type Config struct {
 	PollInterval, BitmapWait time.Duration
 }
 
-// DefaultConfig: 1 MiB pieces, streamed along the burst's chain (pulls
-// take a piece more than 4 pieces ahead of a lagging stream), 8 pulls in
-// flight within a 32-piece window, 16 uploads at once, no rate limits, fall
-// back to the origin after 20 s without progress (longer than the cluster
-// takes to expire a dead seeder, so that one node takes its role over
-// rather than every node going to the origin).
+// DefaultConfig: 4 MiB pieces, streamed along the burst's chain (pulls
+// take a piece more than 4 pieces ahead of a lagging stream), 4 pulls in
+// flight within an 8-piece (32 MiB) window, 16 uploads at once, no rate
+// limits, fall back to the origin after 20 s without progress (longer than
+// the cluster takes to expire a dead seeder, so that one node takes its
+// role over rather than every node going to the origin).
 func DefaultConfig() Config {
 	return Config{
-		PieceSize:     1 << 20,
+		PieceSize:     4 << 20,
 		Stream:        true,
 		StreamLead:    4,
-		Parallel:      8,
-		Window:        32,
+		Parallel:      4,
+		Window:        8,
 		MaxUploads:    16,
 		SeedCopies:    1,
 		PieceUploads:  2,
