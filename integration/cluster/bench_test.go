@@ -22,8 +22,8 @@ import (
 
 // The burst benchmark's defaults; THAW_BURST_* override them.
 const (
-	defaultBurstSize  = 256 << 20 // S: a common base layer; at 64 MiB a fixed ~1.5 s of pipeline lag weighs a sixth of S/B
-	defaultBurstRate  = 50e6      // B, bits/s: at 100 Mbit/s, 16 nodes saturate the 2 CPUs
+	defaultBurstSize  = 64 << 20 // S: a function image's layer; S/B = 10.7 s at the default B
+	defaultBurstRate  = 50e6     // B, bits/s: at 100 Mbit/s, 16 nodes saturate the 2 CPUs
 	defaultBurstNodes = "1,4,8,16"
 )
 

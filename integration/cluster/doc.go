@@ -45,7 +45,7 @@
 //
 // THAW_E2E_BIN, if set, is a thaw binary to test instead of building one;
 // THAW_E2E_LOGS=1 prints the tail of every daemon's log, not only when a
-// test fails. The benchmark reads THAW_BURST_SIZE (S, default 256MiB),
+// test fails. The benchmark reads THAW_BURST_SIZE (S, default 64MiB),
 // THAW_BURST_RATE (B, default 50mbit), THAW_BURST_NODES (default
 // 1,4,8,16), THAW_BURST_MODES (thaw,direct), THAW_BURST_PIECE and
 // THAW_BURST_FLAGS (daemon flags for tuning runs), THAW_BURST_RESULTS (the
