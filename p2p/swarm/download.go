@@ -294,6 +294,9 @@ func (d *downloader) giveUp(err error) {
 	if d.gaveUpErr == nil {
 		d.gaveUpErr = err
 		close(d.gaveUp)
+		if d.endStream != nil {
+			d.endStream(err)
+		}
 	}
 	d.mu.Unlock()
 }

@@ -123,40 +123,75 @@ var errBadStream = errors.New("a streamed piece failed its digest")
 // errSlowStream: other holders have pieces past the stream's lead.
 var errSlowStream = errors.New("the stream lags behind other holders")
 
-// startStream finds the holder that arrived just before this node and
-// streams the blob from it; with none (or on any failure to learn it) the
-// pulls take every piece.
+// maxStreams bounds the streams one download opens: one, and one more from
+// an earlier holder each time a stream breaks or stalls.
+const maxStreams = 3
+
+// startStream streams the blob from the holder that arrived just before
+// this node; when that stream breaks or stalls (the holder died or hangs),
+// from the holder before that one, which has the pieces the lost one had
+// not passed on yet. With no holder to stream from, or once the stream
+// carried a bad piece or lagged, the pulls take every piece left.
 func (d *downloader) startStream() {
 	defer d.wg.Done()
-	var p *peerState
-	if d.s.cfg.Stream {
-		p = d.feeder()
-	}
-	d.mu.Lock()
-	if p == nil {
+	defer func() {
+		d.mu.Lock()
 		d.streamAt = -1
 		d.mu.Unlock()
 		d.poke()
+	}()
+	if !d.s.cfg.Stream {
 		return
 	}
-	from := d.next
-	d.mu.Unlock()
-	err := d.stream(p, from)
-	d.mu.Lock()
-	d.streamAt = -1
-	d.mu.Unlock()
-	d.poke()
-	if err != nil && d.ctx.Err() == nil {
-		d.s.log.Debug("stream ended; pulling the rest", "peer", p.id, "digest", d.dgst.String(), "err", err)
+	tried := map[p2p.NodeID]bool{}
+	for range maxStreams {
+		p := d.feeder(tried)
+		if p == nil {
+			return
+		}
+		tried[p.id] = true
+		d.mu.Lock()
+		from := d.firstMissingLocked()
+		d.streamAt = from
+		d.mu.Unlock()
+		if from >= d.l.n {
+			return
+		}
+		err := d.stream(p, from)
+		select {
+		case <-d.gaveUp: // the reader goes to the origin
+			return
+		default:
+		}
+		if err == nil || d.ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errBadStream) || errors.Is(err, errSlowStream) {
+			d.s.log.Debug("stream ended; pulling the rest", "peer", p.id, "digest", d.dgst.String(), "err", err)
+			return
+		}
+		d.s.log.Info("stream broke; streaming from an earlier holder", "peer", p.id, "digest", d.dgst.String(), "err", err)
 	}
 }
 
+// firstMissingLocked is the first piece from the reader's on that this node
+// neither has nor is fetching.
+func (d *downloader) firstMissingLocked() int {
+	d.l.mu.Lock()
+	defer d.l.mu.Unlock()
+	i := d.next
+	for i < d.l.n && (d.l.have[i] || len(d.inflight[i]) > 0) {
+		i++
+	}
+	return i
+}
+
 // feeder returns the holder this node streams from: among those that
-// arrived before it (by Since), the latest; none when several hold the
-// blob complete (pulls from all of them are faster than one stream). It
-// waits for this node's own announcement to be recorded, since that is
-// what orders it.
-func (d *downloader) feeder() *peerState {
+// arrived before it (by Since) and not tried yet, the latest; none when
+// several hold the blob complete (pulls from all of them are faster than
+// one stream). It waits for this node's own announcement to be recorded,
+// since that is what orders it.
+func (d *downloader) feeder(tried map[p2p.NodeID]bool) *peerState {
 	ctx, cancel := context.WithTimeout(d.ctx, d.s.cfg.CoordTimeout)
 	defer cancel()
 	select {
@@ -188,7 +223,7 @@ func (d *downloader) feeder() *peerState {
 			}
 			var best *p2p.Holder
 			for _, h := range st.Holders {
-				if h.Node != self && h.Since != 0 && h.Since < mine && !d.s.avoided(h.Node) && (best == nil || h.Since > best.Since) {
+				if h.Node != self && !tried[h.Node] && h.Since != 0 && h.Since < mine && !d.s.avoided(h.Node) && (best == nil || h.Since > best.Since) {
 					best = &h
 				}
 			}
@@ -242,7 +277,10 @@ func (d *downloader) stream(p *peerState, from int) error {
 		return fmt.Errorf("stream from %s: %d bytes announced, want %d", p.id, resp.ContentLength, want)
 	}
 	for i := from; i < d.l.n; i++ {
-		if err := d.awaitWindow(ctx, i); err != nil {
+		stall.Stop() // waiting for the reader is not the holder's stall
+		err := d.awaitWindow(ctx, i)
+		stall.Reset(d.s.cfg.StallTimeout)
+		if err != nil {
 			return causeOr(ctx, err)
 		}
 		size := d.l.pieceLen(i)

@@ -239,3 +239,35 @@ func (w *slowWriter) Flush() {
 		f.Flush()
 	}
 }
+
+// TestStreamFromEarlierHolderWhenFeederDies: the node a download streams
+// from dies mid-burst; the download streams the rest from the holder before
+// it (here the seeder), and nothing goes back to the origin.
+func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
+	o := newOrigin(t)
+	o.limit = rate.NewLimiter(4<<20, 64<<10) // 2 s for the blob
+	repo, d, data := o.blob(t, "refeed", 8<<20)
+	c := newCluster(t, 3, testConfig())
+	tap := tapStreams(c, nil)
+	// Arrivals in order: node0 (the seeder), node1, node2.
+	var waits []func([]byte, ...*node)
+	for i, n := range c.nodes {
+		waits = append(waits, burstAsync(t, &cluster{coord: c.coord, nodes: []*node{n}}, repo, d))
+		waitFor(t, "the node to hold the blob", func() bool {
+			st, _ := c.coord.Join(p2p.Member{ID: "observer"}).Blob(t.Context(), d)
+			return len(st.Holders) == i+1
+		})
+	}
+	waitFor(t, "node2 to stream from node1", func() bool { return peerBytes(t, c.nodes[2]) > 0 })
+	c.kill(c.nodes[1])
+	waits[0](data, c.nodes[0])
+	waits[2](data, c.nodes[2])
+	if got := o.bytes(); got != int64(len(data)) {
+		t.Fatalf("origin sent %d bytes for a %d-byte blob", got, len(data))
+	}
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	if got := tap.streams["node0"]; got != 2 {
+		t.Fatalf("node0 served %d streams, want 2 (node1's, then node2's once node1 died): %v", got, tap.streams)
+	}
+}

@@ -58,11 +58,19 @@ func burst(t *testing.T, c *cluster, repo name.Repository, d v1.Hash, want []byt
 }
 
 // TestBurstCostsTheOriginOneCopy: eight nodes pull one blob at the same
-// moment; the origin sends it exactly once and the peers share the rest.
+// moment; the origin sends it exactly once and the peers share the rest,
+// along the chain of streams and with pulls alone.
 func TestBurstCostsTheOriginOneCopy(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) { testBurstCostsOneCopy(t, stream) })
+	}
+}
+
+func testBurstCostsOneCopy(t *testing.T, stream bool) {
 	o := newOrigin(t)
 	repo, d, data := o.blob(t, "burst", 8<<20)
 	cfg := testConfig()
+	cfg.Stream = stream
 	// Fallbacks to the origin have their own tests: here a loaded machine
 	// (the race detector, parallel packages on 2 cores) must not turn a
 	// slow peer into a second origin copy.
