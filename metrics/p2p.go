@@ -19,6 +19,12 @@ type P2P struct {
 	BadPeers prometheus.Counter
 	// UploadsRefused: piece requests refused because MaxUploads were running.
 	UploadsRefused prometheus.Counter
+	// Streams: blob streams this node read from a peer (the chain of a
+	// burst), by how they ended: done (the blob's end, or the download
+	// ended), broke (the peer failed or stalled), bad (a piece failed its
+	// digest), lagged (other holders were ahead), gaveup (the download went
+	// to the origin).
+	Streams *prometheus.CounterVec
 }
 
 // NewP2P creates and registers the data plane metrics on reg.
@@ -50,6 +56,10 @@ func NewP2P(reg prometheus.Registerer) *P2P {
 			Help: "Piece requests refused because the node was at its upload cap.",
 		}),
 	}
-	reg.MustRegister(m.UploadBytes, m.PieceDuration, m.OriginFetches, m.Blobs, m.BadPeers, m.UploadsRefused)
+	m.Streams = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "thaw_p2p_streams_total",
+		Help: "Blob streams read from a peer, by how they ended (done, broke, bad, lagged, gaveup).",
+	}, []string{"end"})
+	reg.MustRegister(m.UploadBytes, m.PieceDuration, m.OriginFetches, m.Blobs, m.BadPeers, m.UploadsRefused, m.Streams)
 	return m
 }

@@ -158,20 +158,35 @@ func (d *downloader) startStream() {
 			return
 		}
 		err := d.stream(p, from)
-		select {
-		case <-d.gaveUp: // the reader goes to the origin
+		end := streamEnd(err, d)
+		d.s.metrics.Streams.WithLabelValues(end).Inc()
+		switch end {
+		case "done", "gaveup":
 			return
-		default:
-		}
-		if err == nil || d.ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errBadStream) || errors.Is(err, errSlowStream) {
+		case "bad", "lagged":
 			d.s.log.Debug("stream ended; pulling the rest", "peer", p.id, "digest", d.dgst.String(), "err", err)
 			return
 		}
 		d.s.log.Info("stream broke; streaming from an earlier holder", "peer", p.id, "digest", d.dgst.String(), "err", err)
 	}
+}
+
+// streamEnd names how a stream ended, for the metric.
+func streamEnd(err error, d *downloader) string {
+	select {
+	case <-d.gaveUp: // the reader goes to the origin
+		return "gaveup"
+	default:
+	}
+	switch {
+	case err == nil || d.ctx.Err() != nil:
+		return "done"
+	case errors.Is(err, errBadStream):
+		return "bad"
+	case errors.Is(err, errSlowStream):
+		return "lagged"
+	}
+	return "broke"
 }
 
 // firstMissingLocked is the first piece from the reader's on that this node

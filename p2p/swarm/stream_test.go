@@ -136,6 +136,9 @@ func TestBadStreamIsDroppedNotBlamed(t *testing.T) {
 	if tap.pulls.Load() == 0 {
 		t.Error("no piece was pulled after the stream was dropped")
 	}
+	if got := metricstest.Sum(t, victim.reg, "thaw_p2p_streams_total", map[string]string{"end": "bad"}); got != 1 {
+		t.Errorf("thaw_p2p_streams_total{end=bad} = %v, want 1", got)
+	}
 }
 
 // TestStreamRequests: the stream endpoint refuses a missing or negative
@@ -208,6 +211,9 @@ func TestSlowStreamDoesNotHoldBack(t *testing.T) {
 	if got := peerBytes(t, c.nodes[2]); got != float64(len(data)) {
 		t.Fatalf("node2 took %v bytes from peers, want %d", got, len(data))
 	}
+	if got := metricstest.Sum(t, c.nodes[2].reg, "thaw_p2p_streams_total", map[string]string{"end": "lagged"}); got != 1 {
+		t.Errorf("thaw_p2p_streams_total{end=lagged} = %v, want 1", got)
+	}
 }
 
 type slowWriter struct {
@@ -269,5 +275,10 @@ func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
 	defer tap.mu.Unlock()
 	if got := tap.streams["node0"]; got != 2 {
 		t.Fatalf("node0 served %d streams, want 2 (node1's, then node2's once node1 died): %v", got, tap.streams)
+	}
+	for end, want := range map[string]float64{"broke": 1, "done": 1} {
+		if got := metricstest.Sum(t, c.nodes[2].reg, "thaw_p2p_streams_total", map[string]string{"end": end}); got != want {
+			t.Errorf("node2's thaw_p2p_streams_total{end=%s} = %v, want %v", end, got, want)
+		}
 	}
 }
