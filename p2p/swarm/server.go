@@ -63,33 +63,12 @@ func (s *Swarm) serveBitmap(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
-	dgst, err := v1.NewHash(r.PathValue("digest"))
-	if err != nil {
-		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
+	u, ok := s.openUpload(w, r, r.PathValue("index"))
+	if !ok {
 		return
 	}
-	i, err := strconv.Atoi(r.PathValue("index"))
-	if err != nil || i < 0 {
-		http.Error(w, "bad piece index", http.StatusBadRequest)
-		return
-	}
-	select {
-	case s.uploads <- struct{}{}:
-		defer func() { <-s.uploads }()
-	default:
-		s.metrics.UploadsRefused.Inc()
-		http.Error(w, "upload cap reached, ask another holder", http.StatusServiceUnavailable)
-		return
-	}
-	l, err := s.servable(r, dgst)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if i >= l.n {
-		http.Error(w, fmt.Sprintf("piece %d of %d", i, l.n), http.StatusRequestedRangeNotSatisfiable)
-		return
-	}
+	defer u.release()
+	l, dgst, i, peer := u.l, u.dgst, u.i, u.peer
 	l.mu.Lock()
 	ok, pt := l.have[i], l.parts[i]
 	l.mu.Unlock()
@@ -102,10 +81,6 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer l.done(i)
-	peer := r.Header.Get(PeerHeader)
-	if peer == "" {
-		peer = "unknown"
-	}
 	if !ok {
 		s.streamPart(w, r, pt, peer)
 		return
@@ -120,6 +95,56 @@ func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.FormatInt(l.pieceLen(i), 10))
 	n, _ := copyLimited(r.Context(), w, src, s.upLimit)
 	s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(n))
+}
+
+// upload is a piece or stream request taken on: the blob, the first piece
+// asked for, the asking node, and the upload slot to release.
+type upload struct {
+	l       *local
+	dgst    v1.Hash
+	i       int
+	peer    string
+	release func()
+}
+
+// openUpload parses the digest and the piece index of an upload request,
+// takes an upload slot (MaxUploads) and finds the blob. When it cannot, it
+// has answered the request and returns false.
+func (s *Swarm) openUpload(w http.ResponseWriter, r *http.Request, index string) (upload, bool) {
+	dgst, err := v1.NewHash(r.PathValue("digest"))
+	if err != nil {
+		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
+		return upload{}, false
+	}
+	i, err := strconv.Atoi(index)
+	if err != nil || i < 0 {
+		http.Error(w, "bad or missing piece index", http.StatusBadRequest)
+		return upload{}, false
+	}
+	select {
+	case s.uploads <- struct{}{}:
+	default:
+		s.metrics.UploadsRefused.Inc()
+		http.Error(w, "upload cap reached, ask another holder", http.StatusServiceUnavailable)
+		return upload{}, false
+	}
+	release := func() { <-s.uploads }
+	l, err := s.servable(r, dgst)
+	if err != nil {
+		release()
+		writeErr(w, err)
+		return upload{}, false
+	}
+	if i >= l.n {
+		release()
+		http.Error(w, fmt.Sprintf("piece %d of %d", i, l.n), http.StatusRequestedRangeNotSatisfiable)
+		return upload{}, false
+	}
+	peer := r.Header.Get(PeerHeader)
+	if peer == "" {
+		peer = "unknown"
+	}
+	return upload{l: l, dgst: dgst, i: i, peer: peer, release: release}, true
 }
 
 // wholePiece reads piece i, which this node has whole: from memory while

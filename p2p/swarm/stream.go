@@ -32,37 +32,12 @@ import (
 // arriving one as its bytes come. A piece that does not come within
 // StallTimeout, or fails here, cuts the response short.
 func (s *Swarm) serveStream(w http.ResponseWriter, r *http.Request) {
-	dgst, err := v1.NewHash(r.PathValue("digest"))
-	if err != nil {
-		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
+	u, ok := s.openUpload(w, r, r.URL.Query().Get("from"))
+	if !ok {
 		return
 	}
-	from, err := strconv.Atoi(r.URL.Query().Get("from"))
-	if err != nil || from < 0 {
-		http.Error(w, "bad or missing from: a piece index", http.StatusBadRequest)
-		return
-	}
-	select {
-	case s.uploads <- struct{}{}:
-		defer func() { <-s.uploads }()
-	default:
-		s.metrics.UploadsRefused.Inc()
-		http.Error(w, "upload cap reached, ask another holder", http.StatusServiceUnavailable)
-		return
-	}
-	l, err := s.servable(r, dgst)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if from >= l.n {
-		http.Error(w, fmt.Sprintf("piece %d of %d", from, l.n), http.StatusRequestedRangeNotSatisfiable)
-		return
-	}
-	peer := r.Header.Get(PeerHeader)
-	if peer == "" {
-		peer = "unknown"
-	}
+	defer u.release()
+	l, dgst, from, peer := u.l, u.dgst, u.i, u.peer
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(l.size-int64(from)*l.pieceSize, 10))
 	rc := http.NewResponseController(w)
