@@ -55,6 +55,13 @@ func (p *part) advance(k int) {
 	p.mu.Unlock()
 }
 
+// arrivedBytes is how many bytes arrived.
+func (p *part) arrivedBytes() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
 // write copies b to the end of what arrived.
 func (p *part) write(b []byte) {
 	p.mu.Lock()

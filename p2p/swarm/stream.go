@@ -41,11 +41,10 @@ func (s *Swarm) serveStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(l.size-int64(from)*l.pieceSize, 10))
 	rc := http.NewResponseController(w)
-	var sent int64
-	defer func() { s.metrics.UploadBytes.WithLabelValues(peer).Add(float64(sent)) }()
+	uploaded := s.metrics.UploadBytes.WithLabelValues(peer)
 	for i := from; i < l.n; i++ {
 		n, err := s.streamPiece(r, w, rc, l, dgst, i)
-		sent += n
+		uploaded.Add(float64(n)) // piece by piece: a stream lasts as long as the blob
 		if err != nil {
 			s.log.Debug("stream cut short", "peer", peer, "digest", dgst.String(), "piece", i, "err", err)
 			panic(http.ErrAbortHandler) // the receiver must see a broken stream, not an end
@@ -105,11 +104,19 @@ const maxStreams = 3
 // startStream streams the blob from the holder that arrived just before
 // this node; when that stream breaks or stalls (the holder died or hangs),
 // from the holder before that one, which has the pieces the lost one had
-// not passed on yet. With no holder to stream from, or once the stream
-// carried a bad piece or lagged, the pulls take every piece left.
+// not passed on yet. The piece a broken stream left half read goes on
+// filling from the next stream, so the nodes streaming it from this one
+// see a pause rather than a failed piece (which would break their streams
+// too). With no holder to stream from, or once the stream carried a bad
+// piece or lagged, the pulls take every piece left.
 func (d *downloader) startStream() {
 	defer d.wg.Done()
+	var carry *pending
+	var err error
 	defer func() {
+		if carry != nil {
+			d.land(carry.i, carry.a, carry.pt, err, carry.a.start)
+		}
 		d.mu.Lock()
 		d.streamAt = -1
 		d.mu.Unlock()
@@ -127,12 +134,15 @@ func (d *downloader) startStream() {
 		tried[p.id] = true
 		d.mu.Lock()
 		from := d.firstMissingLocked()
+		if carry != nil {
+			from = carry.i
+		}
 		d.streamAt = from
 		d.mu.Unlock()
 		if from >= d.l.n {
 			return
 		}
-		err := d.stream(p, from)
+		carry, err = d.stream(p, from, carry)
 		end := streamEnd(err, d)
 		d.s.metrics.Streams.WithLabelValues(end).Inc()
 		switch end {
@@ -144,6 +154,13 @@ func (d *downloader) startStream() {
 		}
 		d.s.log.Info("stream broke; streaming from an earlier holder", "peer", p.id, "digest", d.dgst.String(), "err", err)
 	}
+}
+
+// pending is a piece a broken stream left half read.
+type pending struct {
+	i  int
+	a  *attempt
+	pt *part
 }
 
 // streamEnd names how a stream ended, for the metric.
@@ -234,12 +251,19 @@ func (d *downloader) feeder(tried map[p2p.NodeID]bool) *peerState {
 }
 
 // stream reads the blob from p in order, from piece from on, handing each
-// piece to verification as it completes and going on with the next.
-func (d *downloader) stream(p *peerState, from int) error {
+// piece to verification as it completes and going on with the next. carry,
+// if not nil, is piece from half read by an earlier stream: its bytes so
+// far are skipped and the rest fills the same part. A stream that breaks
+// inside a piece returns it as pending.
+func (d *downloader) stream(p *peerState, from int, carry *pending) (*pending, error) {
 	ctx, cancel := context.WithCancelCause(d.ctx)
 	defer cancel(nil)
 	d.mu.Lock()
 	d.endStream, d.feeding = cancel, p
+	addr := p.addr // addHolders may change it
+	if carry != nil {
+		carry.a.peer, carry.a.cancel = p, func() { cancel(errBadStream) }
+	}
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
@@ -248,73 +272,79 @@ func (d *downloader) stream(p *peerState, from int) error {
 	}()
 	stall := time.AfterFunc(d.s.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
-	url := fmt.Sprintf("https://%s/p2p/v1/blobs/%s/stream?from=%d", p.addr, d.dgst, from)
+	url := fmt.Sprintf("https://%s/p2p/v1/blobs/%s/stream?from=%d", addr, d.dgst, from)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return err
+		return carry, err
 	}
 	req.Header.Set(PeerHeader, string(d.s.coord.Self().ID))
 	resp, err := d.s.client.Do(req)
 	if err != nil {
-		return causeOr(ctx, err)
+		return carry, causeOr(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-		return fmt.Errorf("stream from %s: %s", p.id, resp.Status)
+		return carry, fmt.Errorf("stream from %s: %s", p.id, resp.Status)
 	}
 	if want := d.l.size - int64(from)*d.l.pieceSize; resp.ContentLength != want {
-		return fmt.Errorf("stream from %s: %d bytes announced, want %d", p.id, resp.ContentLength, want)
+		return carry, fmt.Errorf("stream from %s: %d bytes announced, want %d", p.id, resp.ContentLength, want)
 	}
+	body := &stallReader{r: resp.Body, stall: stall, d: d.s.cfg.StallTimeout}
 	for i := from; i < d.l.n; i++ {
-		stall.Stop() // waiting for the reader is not the holder's stall
-		err := d.awaitWindow(ctx, i)
-		stall.Reset(d.s.cfg.StallTimeout)
-		if err != nil {
-			return causeOr(ctx, err)
-		}
 		size := d.l.pieceLen(i)
-		d.mu.Lock()
-		d.l.mu.Lock()
-		skip := d.l.have[i] || len(d.inflight[i]) > 0
-		d.l.mu.Unlock()
 		var a *attempt
 		var pt *part
-		if !skip {
-			a = &attempt{peer: p, start: time.Now(), cancel: func() { cancel(errBadStream) }, released: true, streamed: true}
-			d.inflight[i] = append(d.inflight[i], a)
-			pt = newPart(size)
-		}
-		d.streamAt = i + 1
-		d.mu.Unlock()
-		if skip {
-			if _, err := io.CopyN(io.Discard, &stallReader{r: resp.Body, stall: stall, d: d.s.cfg.StallTimeout}, size); err != nil {
-				return causeOr(ctx, err)
+		if carry != nil && carry.i == i {
+			a, pt, carry = carry.a, carry.pt, nil
+			if _, err := io.CopyN(io.Discard, body, pt.arrivedBytes()); err != nil {
+				return &pending{i: i, a: a, pt: pt}, causeOr(ctx, err)
 			}
-			continue
+		} else {
+			stall.Stop() // waiting for the reader is not the holder's stall
+			err := d.awaitWindow(ctx, i)
+			stall.Reset(d.s.cfg.StallTimeout)
+			if err != nil {
+				return nil, causeOr(ctx, err)
+			}
+			d.mu.Lock()
+			d.l.mu.Lock()
+			skip := d.l.have[i] || len(d.inflight[i]) > 0
+			d.l.mu.Unlock()
+			if !skip {
+				a = &attempt{peer: p, start: time.Now(), cancel: func() { cancel(errBadStream) }, released: true, streamed: true}
+				d.inflight[i] = append(d.inflight[i], a)
+				pt = newPart(size)
+			}
+			d.streamAt = i + 1
+			d.mu.Unlock()
+			if skip {
+				if _, err := io.CopyN(io.Discard, body, size); err != nil {
+					return nil, causeOr(ctx, err)
+				}
+				continue
+			}
+			d.l.offerPart(i, pt)
 		}
-		d.l.offerPart(i, pt)
-		if err := d.readPart(ctx, resp.Body, pt, stall); err != nil {
-			d.land(i, a, pt, causeOr(ctx, err), a.start)
-			return causeOr(ctx, err)
+		if err := d.readPart(ctx, body, pt); err != nil {
+			return &pending{i: i, a: a, pt: pt}, causeOr(ctx, err)
 		}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			d.land(i, a, pt, d.verify(d.ctx, i, pt.buf, p.id), a.start)
+			d.land(i, a, pt, d.verify(d.ctx, i, pt.buf, a.peer.id), a.start)
 		}()
 	}
-	return nil
+	return nil, nil
 }
 
-// readPart fills pt from r, as its bytes come.
-func (d *downloader) readPart(ctx context.Context, r io.Reader, pt *part, stall *time.Timer) error {
+// readPart fills the rest of pt from r, as its bytes come.
+func (d *downloader) readPart(ctx context.Context, r io.Reader, pt *part) error {
 	size := int64(len(pt.buf))
-	var got int64
+	got := pt.arrivedBytes()
 	for got < size {
 		n, err := r.Read(pt.buf[got:min(got+chunk, size)])
 		if n > 0 {
-			stall.Reset(d.s.cfg.StallTimeout)
 			if d.s.downLimit != nil {
 				if err := d.s.downLimit.WaitN(ctx, n); err != nil {
 					return err

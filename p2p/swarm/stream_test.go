@@ -74,7 +74,9 @@ func (w *tapWriter) Flush() {
 // other and the blob crosses each link once, with no piece pulled.
 func TestBurstStreamsAlongAChain(t *testing.T) {
 	o := newOrigin(t)
-	o.limit = rate.NewLimiter(8<<20, 64<<10) // a burst, not one node after the other
+	// 2 s for the blob: every node starts streaming before any has it
+	// whole (with two complete holders, a late node would pull instead).
+	o.limit = rate.NewLimiter(2<<20, 64<<10)
 	repo, d, data := o.blob(t, "chain", 4<<20)
 	c := newCluster(t, 5, testConfig())
 	tap := tapStreams(c, nil)
@@ -248,14 +250,16 @@ func (w *slowWriter) Flush() {
 
 // TestStreamFromEarlierHolderWhenFeederDies: the node a download streams
 // from dies mid-burst; the download streams the rest from the holder before
-// it (here the seeder), and nothing goes back to the origin.
+// it (here the seeder), going on with the piece it had half read, so the
+// node streaming from it sees a pause and not a broken stream; nothing goes
+// back to the origin.
 func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
 	o := newOrigin(t)
 	o.limit = rate.NewLimiter(4<<20, 64<<10) // 2 s for the blob
 	repo, d, data := o.blob(t, "refeed", 8<<20)
-	c := newCluster(t, 3, testConfig())
+	c := newCluster(t, 4, testConfig())
 	tap := tapStreams(c, nil)
-	// Arrivals in order: node0 (the seeder), node1, node2.
+	// Arrivals in order: node0 (the seeder), node1, node2, node3.
 	var waits []func([]byte, ...*node)
 	for i, n := range c.nodes {
 		waits = append(waits, burstAsync(t, &cluster{coord: c.coord, nodes: []*node{n}}, repo, d))
@@ -264,10 +268,11 @@ func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
 			return len(st.Holders) == i+1
 		})
 	}
-	waitFor(t, "node2 to stream from node1", func() bool { return peerBytes(t, c.nodes[2]) > 0 })
+	waitFor(t, "node3 to stream through node1 and node2", func() bool { return peerBytes(t, c.nodes[3]) > 0 })
 	c.kill(c.nodes[1])
 	waits[0](data, c.nodes[0])
 	waits[2](data, c.nodes[2])
+	waits[3](data, c.nodes[3])
 	if got := o.bytes(); got != int64(len(data)) {
 		t.Fatalf("origin sent %d bytes for a %d-byte blob", got, len(data))
 	}
@@ -276,9 +281,13 @@ func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
 	if got := tap.streams["node0"]; got != 2 {
 		t.Fatalf("node0 served %d streams, want 2 (node1's, then node2's once node1 died): %v", got, tap.streams)
 	}
-	for end, want := range map[string]float64{"broke": 1, "done": 1} {
-		if got := metricstest.Sum(t, c.nodes[2].reg, "thaw_p2p_streams_total", map[string]string{"end": end}); got != want {
-			t.Errorf("node2's thaw_p2p_streams_total{end=%s} = %v, want %v", end, got, want)
+	for _, tc := range []struct {
+		n    *node
+		end  string
+		want float64
+	}{{c.nodes[2], "broke", 1}, {c.nodes[2], "done", 1}, {c.nodes[3], "broke", 0}, {c.nodes[3], "done", 1}} {
+		if got := metricstest.Sum(t, tc.n.reg, "thaw_p2p_streams_total", map[string]string{"end": tc.end}); got != tc.want {
+			t.Errorf("%s: thaw_p2p_streams_total{end=%s} = %v, want %v", tc.n.id, tc.end, got, tc.want)
 		}
 	}
 }
