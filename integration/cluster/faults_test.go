@@ -36,6 +36,26 @@ func waitSeeder(t *testing.T, d *daemon, dgst string) string {
 	return seeder
 }
 
+// waitHolder waits until the cluster, asked through d, lists node among
+// dgst's holders.
+func waitHolder(t *testing.T, d *daemon, dgst, node string) {
+	t.Helper()
+	d.proc.WaitFor(t, node+" holding "+dgst, time.Minute, func() error {
+		v, err := d.peers("--blob", dgst)
+		if err != nil {
+			return err
+		}
+		if v.Blob != nil {
+			for _, h := range v.Blob.Holders {
+				if h.Node == node {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("%s not among the holders: %+v", node, v.Blob)
+	})
+}
+
 // waitBytes waits until d has brought in at least n bytes of any source
 // and uploaded at least up bytes to peers.
 func waitBytes(t *testing.T, d *daemon, n, up int64, what string) {
@@ -119,7 +139,14 @@ func TestNodeKilledMidBurst(t *testing.T) {
 			if s := waitSeeder(t, ds[0], h.img.layer); s != seeder.name {
 				t.Fatalf("seeder is %s, want %s (started first)", s, seeder.name)
 			}
-			for _, d := range without(ds, seeder) {
+			if victim != seeder {
+				// A downloading victim arrives second, so that it streams
+				// from the seeder and the node after it streams from it (the
+				// last node of a burst's chain serves nobody).
+				ps[victim] = startPrefetch(t, victim, h.img.ref, start)
+				waitHolder(t, ds[0], h.img.layer, victim.name)
+			}
+			for _, d := range without(ds, seeder, victim) {
 				ps[d] = startPrefetch(t, d, h.img.ref, start)
 			}
 			// Killed while it serves others: once it uploaded a piece.
