@@ -24,8 +24,8 @@ import (
 // chain at every piece's end); each node verifies every piece itself
 // against the trusted digests, and a piece that fails ends the stream
 // without blaming the sender, which may only have passed on its own
-// source's bytes. Whatever the stream does not bring (it broke, stalled or
-// carried a bad piece; the holder left) the piece pulls fetch.
+// source's bytes. Whatever the stream does not bring (it broke, stalled,
+// lagged behind other holders or carried a bad piece) the piece pulls fetch.
 
 // serveStream sends the pieces of a blob from piece `from` on, in order,
 // each as soon as this node has its bytes: a whole piece at once, an
@@ -70,6 +70,9 @@ func (s *Swarm) streamPiece(r *http.Request, w io.Writer, rc *http.ResponseContr
 		n, err := copyLimited(r.Context(), w, src, s.upLimit)
 		if err == nil && n != l.pieceLen(i) {
 			err = fmt.Errorf("piece %d: read %d of %d bytes", i, n, l.pieceLen(i))
+		}
+		if err == nil {
+			err = rc.Flush() // the piece's tail must not wait for the next piece
 		}
 		return n, err
 	}
