@@ -63,7 +63,7 @@ func (s *Swarm) serveBitmap(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Swarm) servePiece(w http.ResponseWriter, r *http.Request) {
-	u, ok := s.openUpload(w, r, r.PathValue("index"))
+	u, ok := s.openUpload(w, r, r.PathValue("index"), 0)
 	if !ok {
 		return
 	}
@@ -108,9 +108,10 @@ type upload struct {
 }
 
 // openUpload parses the digest and the piece index of an upload request,
-// takes an upload slot (MaxUploads) and finds the blob. When it cannot, it
-// has answered the request and returns false.
-func (s *Swarm) openUpload(w http.ResponseWriter, r *http.Request, index string) (upload, bool) {
+// takes an upload slot (MaxUploads) and finds the blob, waiting up to wait
+// for this node to start bringing it in. When it cannot, it has answered
+// the request and returns false.
+func (s *Swarm) openUpload(w http.ResponseWriter, r *http.Request, index string, wait time.Duration) (upload, bool) {
 	dgst, err := v1.NewHash(r.PathValue("digest"))
 	if err != nil {
 		http.Error(w, "bad digest: "+err.Error(), http.StatusBadRequest)
@@ -130,6 +131,9 @@ func (s *Swarm) openUpload(w http.ResponseWriter, r *http.Request, index string)
 	}
 	release := func() { <-s.uploads }
 	l, err := s.servable(r, dgst)
+	if errors.Is(err, puller.ErrNotFound) && wait > 0 {
+		l, err = s.awaitServable(r, dgst, wait)
+	}
 	if err != nil {
 		release()
 		writeErr(w, err)
@@ -145,6 +149,29 @@ func (s *Swarm) openUpload(w http.ResponseWriter, r *http.Request, index string)
 		peer = "unknown"
 	}
 	return upload{l: l, dgst: dgst, i: i, peer: peer, release: release}, true
+}
+
+// awaitServable waits up to wait for this node to start bringing dgst in
+// (a seeder registers a blob once the origin answered, which may be after
+// the first node of the chain asked for its stream).
+func (s *Swarm) awaitServable(r *http.Request, dgst v1.Hash, wait time.Duration) (*local, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		l, ch := s.blobs[dgst], s.registered
+		s.mu.Unlock()
+		if l != nil {
+			return l, nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return s.servable(r, dgst)
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
 }
 
 // wholePiece reads piece i, which this node has whole: from memory while

@@ -29,10 +29,12 @@ import (
 
 // serveStream sends the pieces of a blob from piece `from` on, in order,
 // each as soon as this node has its bytes: a whole piece at once, an
-// arriving one as its bytes come. A piece that does not come within
-// StallTimeout, or fails here, cuts the response short.
+// arriving one as its bytes come. A blob this node does not bring in yet is
+// waited for up to StallTimeout (the seeder registers it once the origin
+// answered). A piece that does not come within StallTimeout, or fails here,
+// cuts the response short.
 func (s *Swarm) serveStream(w http.ResponseWriter, r *http.Request) {
-	u, ok := s.openUpload(w, r, r.URL.Query().Get("from"))
+	u, ok := s.openUpload(w, r, r.URL.Query().Get("from"), s.cfg.StallTimeout)
 	if !ok {
 		return
 	}

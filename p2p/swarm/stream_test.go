@@ -1,6 +1,7 @@
 package swarm_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -289,5 +290,45 @@ func TestStreamFromEarlierHolderWhenFeederDies(t *testing.T) {
 		if got := metricstest.Sum(t, tc.n.reg, "thaw_p2p_streams_total", map[string]string{"end": tc.end}); got != tc.want {
 			t.Errorf("%s: thaw_p2p_streams_total{end=%s} = %v, want %v", tc.n.id, tc.end, got, tc.want)
 		}
+	}
+}
+
+// TestStreamWaitsForTheBlob: a stream asked of the seeder before it has
+// the origin's answer (the first node of a burst's chain can be that quick)
+// waits for the blob instead of failing.
+func TestStreamWaitsForTheBlob(t *testing.T) {
+	o := newOrigin(t)
+	repo, d, data := o.blob(t, "early", 1<<20)
+	c := newCluster(t, 1, testConfig())
+	n := c.nodes[0]
+	arrived := make(chan struct{})
+	inner := n.swarm.Handler()
+	n.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		inner.ServeHTTP(w, r)
+	}))
+	type answer struct {
+		code int
+		body []byte
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := n.srv.Client().Get(n.srv.URL + "/p2p/v1/blobs/" + d.String() + "/stream?from=0")
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, body, err}
+	}()
+	<-arrived // the request is at the node, which does not bring the blob in yet
+	if _, err := n.fetcher.Ensure(t.Context(), repo, d); err != nil {
+		t.Fatal(err)
+	}
+	a := <-got
+	if a.err != nil || a.code != http.StatusOK || !bytes.Equal(a.body, data) {
+		t.Fatalf("stream asked before the blob: %d, %d bytes, %v; want 200 and the blob's %d bytes", a.code, len(a.body), a.err, len(data))
 	}
 }

@@ -40,8 +40,10 @@ type Swarm struct {
 
 	mu    sync.Mutex
 	blobs map[v1.Hash]*local // blobs being brought in on this node
-	done  *doneCache         // piece digests of complete blobs served lately
-	avoid map[p2p.NodeID]avoidance
+	// registered is closed and replaced whenever a blob is registered.
+	registered chan struct{}
+	done       *doneCache // piece digests of complete blobs served lately
+	avoid      map[p2p.NodeID]avoidance
 }
 
 var _ puller.Source = (*Swarm)(nil)
@@ -59,6 +61,7 @@ func New(cfg Config, coord p2p.Coordinator, origin puller.Source, st store.Provi
 		upLimit: newLimiter(cfg.UploadRate), downLimit: newLimiter(cfg.DownloadRate),
 		uploads: make(chan struct{}, cfg.MaxUploads),
 		blobs:   map[v1.Hash]*local{}, done: newDoneCache(64), avoid: map[p2p.NodeID]avoidance{},
+		registered: make(chan struct{}),
 	}, nil
 }
 
@@ -187,6 +190,8 @@ func (s *Swarm) register(dgst v1.Hash, l *local) {
 	l.ration(s.cfg.SeedCopies, 2*s.cfg.StallTimeout)
 	s.mu.Lock()
 	s.blobs[dgst] = l
+	close(s.registered)
+	s.registered = make(chan struct{})
 	s.mu.Unlock()
 }
 
