@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,11 +58,7 @@ func (p *pendingDrops) cancel(d v1.Hash) {
 func (p *pendingDrops) pending() []v1.Hash {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]v1.Hash, 0, len(p.set))
-	for d := range p.set {
-		out = append(out, d)
-	}
-	return out
+	return slices.Collect(maps.Keys(p.set))
 }
 
 // begin marks d in flight if it is still pending.

@@ -269,18 +269,25 @@ func (l *local) allow(i, uploads int, now time.Time) bool {
 	if l.sending[i] >= uploads {
 		return false
 	}
+	if l.seeding && l.rationedLocked(i, now) {
+		return false
+	}
+	l.countLocked(i, now)
+	return true
+}
+
+// countLocked counts an upload of piece i starting now: one more running,
+// and at the seeder one more of its copies (at the last one, peers stop
+// asking this node for the piece).
+func (l *local) countLocked(i int, now time.Time) {
 	if l.seeding {
-		if l.rationedLocked(i, now) {
-			return false
-		}
 		l.served[i]++
 		l.lastAt[i] = now
 		if l.rationedLocked(i, now) {
-			l.bumpLocked() // peers stop asking this node for it
+			l.bumpLocked()
 		}
 	}
 	l.sending[i]++
-	return true
 }
 
 // awaitPiece waits until this node can serve piece i, whole or arriving,
@@ -302,14 +309,7 @@ func (l *local) awaitPiece(i int, stop <-chan struct{}) (*part, bool) {
 			return nil, false
 		}
 	}
-	if l.seeding {
-		l.served[i]++
-		l.lastAt[i] = time.Now()
-		if l.rationedLocked(i, l.lastAt[i]) {
-			l.bumpLocked()
-		}
-	}
-	l.sending[i]++
+	l.countLocked(i, time.Now())
 	if l.have[i] {
 		return nil, true
 	}

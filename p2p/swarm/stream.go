@@ -131,7 +131,7 @@ func (d *downloader) startStream() {
 		return
 	}
 	tried := map[p2p.NodeID]bool{}
-	for range maxStreams {
+	for n := 1; n <= maxStreams; n++ {
 		p := d.feeder(tried)
 		if p == nil {
 			return
@@ -148,7 +148,7 @@ func (d *downloader) startStream() {
 			return
 		}
 		carry, err = d.stream(p, from, carry)
-		end := streamEnd(err, d)
+		end := d.streamEnd(err)
 		d.s.metrics.Streams.WithLabelValues(end).Inc()
 		switch end {
 		case "done", "gaveup":
@@ -157,7 +157,7 @@ func (d *downloader) startStream() {
 			d.s.log.Debug("stream ended; pulling the rest", "peer", p.id, "digest", d.dgst.String(), "err", err)
 			return
 		}
-		d.s.log.Info("stream broke; streaming from an earlier holder", "peer", p.id, "digest", d.dgst.String(), "err", err)
+		d.s.log.Info("stream broke", "peer", p.id, "digest", d.dgst.String(), "err", err, "streams left", maxStreams-n)
 	}
 }
 
@@ -169,7 +169,7 @@ type pending struct {
 }
 
 // streamEnd names how a stream ended, for the metric.
-func streamEnd(err error, d *downloader) string {
+func (d *downloader) streamEnd(err error) string {
 	select {
 	case <-d.gaveUp: // the reader goes to the origin
 		return "gaveup"
